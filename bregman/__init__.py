@@ -1,0 +1,40 @@
+"""Layerwise Bregman representations of neural network layers, and distillation through them.
+
+The library needs only torch, numpy and safetensors. Public names are loaded on first use,
+so that ``import bregman`` stays cheap and a worker that only inspects teachers never pays
+for the distillation engine.
+
+Method: Amid, Anil, Fifty, Warmuth, "Layerwise Bregman Representation Learning of Neural
+Networks with Applications to Knowledge Distillation", TMLR 2023.
+"""
+from __future__ import annotations
+
+import importlib
+
+__version__ = "0.1.0"
+
+# public name -> module that defines it
+_EXPORTS = {
+    # transfer functions and their divergences
+    "Transfer": "bregman.transfers",
+    "get_transfer": "bregman.transfers",
+    "NonMonotoneTransferError": "bregman.transfers",
+    # the estimator and the exported layer
+    "BregmanPCA": "bregman.pca",
+    "ExportedLayer": "bregman.exported",
+}
+
+__all__ = sorted(_EXPORTS) + ["__version__"]
+
+
+def __getattr__(name: str):
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'bregman' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # later look-ups skip this function
+    return value
+
+
+def __dir__():
+    return __all__
