@@ -1,0 +1,258 @@
+"""Jobs: the two kinds of work (a layer's representation, a student's distillation) and their state."""
+from __future__ import annotations
+
+from datetime import datetime
+from enum import Enum
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from api_schemas.common import Page, example
+
+
+class JobKind(str, Enum):
+    representation = "representation"
+    distillation = "distillation"
+
+
+class JobState(str, Enum):
+    """``queued → running → succeeded | failed | cancelled``."""
+
+    queued = "queued"
+    running = "running"
+    succeeded = "succeeded"
+    failed = "failed"
+    cancelled = "cancelled"
+
+
+TERMINAL_STATES = frozenset({JobState.succeeded, JobState.failed, JobState.cancelled})
+
+#: ``auto`` runs on a GPU worker when the job asks for no device and none is needed; jobs are
+#: routed to the ``gpu`` queue for ``cuda`` and to the ``cpu`` queue otherwise.
+Device = Literal["cpu", "cuda"]
+
+#: ``bregman``: predict the layer's Bregman coefficients; ``kd``: soft labels (Hinton et al.);
+#: ``hint``: regress the layer's pre-activations (FitNets-style); ``labels``: labels alone.
+DistillationMethod = Literal["bregman", "kd", "hint", "labels"]
+
+#: ``auto``: softmax at the teacher's output layer (its logits), else the transfer listed after the
+#: layer; ``listed``: always the listed one; ``softmax``: only at the output layer. The name of the
+#: listed transfer itself (e.g. ``leaky_relu``) is accepted too and means ``listed``; any other name
+#: is refused (422): a layer's divergence is defined by the transfer that actually follows it.
+TransferChoice = str
+
+
+class Budget(BaseModel):
+    """Limits of one job. ``time_limit_s`` becomes the worker's time limit for the job."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"time_limit_s": 600, "epochs": 20}]})
+
+    time_limit_s: int = Field(600, ge=1, le=7 * 24 * 3600, description="Wall-clock limit of the job.")
+    epochs: int | None = Field(None, ge=1, le=10_000, description="Training epochs (distillation).")
+    max_train_rows: int | None = Field(
+        None, ge=1, description="Use at most this many training rows (the first ones, after a seeded shuffle)."
+    )
+
+
+class SolverOptions(BaseModel):
+    """Options of the Bregman PCA solver; unset fields keep the library's defaults."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"max_iter": 50, "tol": 1e-6}]})
+
+    mean: Literal["joint", "centroid"] = Field("joint", description="Optimize the mean jointly or fix the centroid.")
+    max_iter: int | None = Field(None, ge=1, le=10_000)
+    tol: float | None = Field(None, gt=0)
+    ridge: float | None = Field(None, ge=0, description="Ridge on the coefficients (λ).")
+
+
+class _SpecBase(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    teacher_id: str = Field(description="An uploaded teacher in status ready.", examples=["tch_3c9d8e7f"])
+    dataset: str = Field(
+        description="A data set id, or a built-in data set's name (e.g. `digits`).", examples=["digits"]
+    )
+    device: Device = Field("cpu", description="Where to run: routes the job to the cpu or gpu queue.")
+    seed: int = Field(0, ge=0)
+    budget: Budget = Field(default_factory=Budget)
+
+
+class RepresentationSpec(_SpecBase):
+    """Fit the Bregman representation of one teacher layer on a data set's training inputs.
+
+    Give ``n_components`` (k) or ``target_share`` (the smallest k whose explained share of the
+    divergence reaches it), not both; neither means k = min(8, d).
+    """
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "kind": "representation",
+                    "teacher_id": "tch_3c9d8e7f",
+                    "dataset": "digits",
+                    "layer": "2",
+                    "transfer": "auto",
+                    "n_components": 8,
+                    "solver": {"mean": "joint", "max_iter": 30},
+                    "budget": {"time_limit_s": 300},
+                }
+            ]
+        },
+    )
+
+    kind: Literal["representation"] = "representation"
+    layer: str = Field(description="A tappable layer path from GET /v1/teachers/{id}/layers.", examples=["2"])
+    transfer: TransferChoice = Field(
+        "auto", max_length=32,
+        description="auto, listed, softmax (output layer only), or the name of the transfer after the layer.",
+    )
+    n_components: int | None = Field(None, ge=1, description="k, the number of directions (k < d).")
+    target_share: float | None = Field(
+        None, gt=0, le=1, description="Pick the smallest k explaining this share of the divergence."
+    )
+    solver: SolverOptions = Field(default_factory=SolverOptions)
+
+    @model_validator(mode="after")
+    def _one_of_k_or_share(self) -> "RepresentationSpec":
+        if self.n_components is not None and self.target_share is not None:
+            raise ValueError("give n_components or target_share, not both")
+        return self
+
+
+class DistillOptions(BaseModel):
+    """Training settings and loss weights; unset fields keep the library's defaults."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"lr": 0.003, "temperature": 4.0}]})
+
+    batch_size: int | None = Field(None, ge=1, le=65536)
+    lr: float | None = Field(None, gt=0, le=10)
+    weight_decay: float | None = Field(None, ge=0)
+    optimizer: Literal["adamw", "sgd"] | None = None
+    schedule: Literal["cosine", "constant"] | None = None
+    temperature: float | None = Field(None, gt=0, description="kd's temperature.")
+    alpha: float | None = Field(None, ge=0, le=1, description="kd's weight of the soft-label term.")
+    coefficient_weight: float | None = Field(None, ge=0)
+    divergence_weight: float | None = Field(None, ge=0)
+    label_weight: float | None = Field(None, ge=0)
+
+
+class StudentSpec(BaseModel):
+    """The student's architecture (a model-registry name and its arguments)."""
+
+    model_config = ConfigDict(extra="allow", json_schema_extra={"examples": [{"arch": "mlp", "hidden": [32]}]})
+
+    arch: str = Field("mlp", description="Model registry name, e.g. mlp, cnn, resnet8.")
+    hidden: list[int] | None = Field(None, description="Hidden widths (mlp).")
+
+
+class DistillationSpec(_SpecBase):
+    """Train a student through a teacher layer's Bregman representation (and baselines).
+
+    Name either a finished representation job (its layer, transfer and k are reused) or a
+    ``layer`` (with optional ``n_components``), not both.
+    """
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "kind": "distillation",
+                    "teacher_id": "tch_3c9d8e7f",
+                    "dataset": "digits",
+                    "representation_job_id": "job_91ab02cd",
+                    "student": {"arch": "mlp", "hidden": [32]},
+                    "methods": ["bregman", "kd", "labels"],
+                    "budget": {"epochs": 10, "time_limit_s": 600},
+                }
+            ]
+        },
+    )
+
+    kind: Literal["distillation"] = "distillation"
+    representation_job_id: str | None = Field(None, description="A succeeded representation job.")
+    layer: str | None = Field(None, description="Teacher layer to distill through (without a representation job).")
+    transfer: TransferChoice = Field("auto", max_length=32, description="As in a representation job.")
+    n_components: int | None = Field(None, ge=1, description="k (default: the smallest k explaining 95 %).")
+    student: StudentSpec = Field(default_factory=StudentSpec)
+    methods: list[DistillationMethod] = Field(
+        default_factory=lambda: ["bregman"],
+        min_length=1,
+        description="The first method's student is the job's `student.*` artifact; the others are compared.",
+    )
+    options: DistillOptions = Field(default_factory=lambda: DistillOptions())
+    onnx: bool = Field(True, description="Also export the student as ONNX (where the exporter can).")
+
+    @model_validator(mode="after")
+    def _layer_source(self) -> "DistillationSpec":
+        if self.representation_job_id is None and self.layer is None:
+            raise ValueError("name a representation_job_id or a layer")
+        if self.representation_job_id is not None and self.layer is not None:
+            raise ValueError("name a representation_job_id or a layer, not both")
+        if len(set(self.methods)) != len(self.methods):
+            raise ValueError("methods must not repeat")
+        return self
+
+
+JobSpec = Annotated[Union[RepresentationSpec, DistillationSpec], Field(discriminator="kind")]
+
+
+#: ``POST /v1/jobs`` body: the spec itself, a union discriminated by ``kind``.
+JobCreate = JobSpec
+
+
+class JobProgress(BaseModel):
+    """How far a job is: a fraction in [0, 1], the phase it is in and an estimate of time left."""
+
+    model_config = example(fraction=0.42, phase="train:bregman", eta_s=31.5)
+
+    fraction: float = Field(0.0, ge=0, le=1)
+    phase: str | None = None
+    eta_s: float | None = Field(None, description="Estimated seconds left (from the rate so far).")
+
+
+class JobOut(BaseModel):
+    """A job record."""
+
+    model_config = example(
+        id="job_91ab02cd",
+        kind="representation",
+        state="running",
+        spec=RepresentationSpec.model_config["json_schema_extra"]["examples"][0],
+        progress={"fraction": 0.42, "phase": "fit", "eta_s": 12.0},
+        metrics={"divergence": 0.21},
+        error=None,
+        attempts=1,
+        created_at="2026-11-25T15:00:00Z",
+        started_at="2026-11-25T15:00:01Z",
+        finished_at=None,
+        cancel_requested=False,
+    )
+
+    id: str
+    kind: JobKind
+    state: JobState
+    spec: dict[str, Any]
+    progress: JobProgress
+    metrics: dict[str, Any] = Field(default_factory=dict, description="Metrics so far; the final ones when done.")
+    error: str | None = Field(None, description="Why it failed, in words a user can act on.")
+    attempts: int = Field(0, description="How many times a worker started it.")
+    created_at: datetime
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    cancel_requested: bool = False
+
+
+class JobList(Page[JobOut]):
+    model_config = example(items=[JobOut.model_config["json_schema_extra"]["examples"][0]], total=1, limit=50, offset=0)
+
+
+class JobEvent(BaseModel):
+    """One server-sent event of ``GET /v1/jobs/{id}/events`` (``event: progress`` or ``event: end``)."""
+
+    model_config = example(event="progress", job=JobOut.model_config["json_schema_extra"]["examples"][0])
+
+    event: Literal["progress", "end"]
+    job: JobOut

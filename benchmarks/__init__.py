@@ -1,0 +1,1 @@
+"""Speed, memory and quality benchmarks. Each script prints a markdown table and writes JSON."""

@@ -1,0 +1,693 @@
+"""Numerical core of Bregman PCA (method.md §2). Private: use :class:`bregman.pca.BregmanPCA`.
+
+Notation: ``X`` (B, d) a block of pre-activations (softmax: rows centred), ``m`` (d) the
+mean, ``V`` (d, k) the directions (columns), ``C`` (B, k) coefficients, ``Â = m + C Vᵀ``.
+The per-row objective of the coefficient step is ``φ(c) = D_F(m + V c, x) + (λ/2)‖c‖²``.
+
+Everything works on row blocks, so memory grows with the block size, never with N; no
+(N, d, k) tensor is ever built: the per-row k×k Hessians ``Vᵀ diag(h_n) V`` are one GEMM
+``h @ P`` with ``P[:, (a,b)] = V[:, a] ⊙ V[:, b]`` over the upper triangle (a ≤ b).
+"""
+from __future__ import annotations
+
+import logging
+import math
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from bregman._arrays import RowSource
+from bregman.transfers import Transfer
+
+logger = logging.getLogger(__name__)
+
+# Above this many elements in P (d × k(k+1)/2) the Hessians are built with batched matmuls.
+_MAX_PAIR_ELEMENTS = 1 << 26
+_LINE_SEARCH_HALVINGS = 30
+_ARMIJO = 1e-4
+_DIRECTION_STEPS = (1.0, 0.5, 0.25, 0.125)
+
+
+
+def newton_tolerance(dtype: torch.dtype) -> float:
+    """Stop a row's Newton iterations when its decrement ``−gᵀδ`` falls below tol·(φ + atol)."""
+    return 1e-11 if dtype == torch.float64 else 1e-5
+
+
+# ------------------------------------------------------------------------------------------
+# small linear-algebra helpers
+# ------------------------------------------------------------------------------------------
+class PairGram:
+    """Computes ``Mᵀ diag(w_n) M`` for every row ``w_n`` of W, for a fixed (d, k) matrix M."""
+
+    def __init__(self, M: torch.Tensor) -> None:
+        d, k = M.shape
+        self.M, self.k = M, k
+        iu, ju = torch.triu_indices(k, k, device=M.device)
+        index = torch.empty(k, k, dtype=torch.long, device=M.device)
+        pos = torch.arange(iu.numel(), device=M.device)
+        index[iu, ju] = pos
+        index[ju, iu] = pos
+        self.index = index.reshape(-1)
+        self.P = M[:, iu] * M[:, ju] if d * iu.numel() <= _MAX_PAIR_ELEMENTS else None
+
+    def __call__(self, W: torch.Tensor) -> torch.Tensor:
+        B, k = W.shape[0], self.k
+        if self.P is not None:
+            return (W @ self.P)[:, self.index].reshape(B, k, k)
+        rows = max(1, (1 << 24) // max(1, W.shape[1] * k))
+        out = [
+            (self.M.T.unsqueeze(0) * W[s : s + rows].unsqueeze(1)) @ self.M for s in range(0, B, rows)
+        ]
+        return torch.cat(out)
+
+
+def pair_products(Z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Row-wise upper-triangle outer products of Z (B, K) -> (B, K(K+1)/2), and the (K, K) index."""
+    K = Z.shape[1]
+    iu, ju = torch.triu_indices(K, K, device=Z.device)
+    index = torch.empty(K, K, dtype=torch.long, device=Z.device)
+    pos = torch.arange(iu.numel(), device=Z.device)
+    index[iu, ju] = pos
+    index[ju, iu] = pos
+    return Z[:, iu] * Z[:, ju], index
+
+
+def solve_spd(H: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    """Solve ``H x = g`` for a batch of symmetric positive (semi)definite H; never NaN/inf.
+
+    Cholesky where it succeeds; elsewhere a gradient step scaled by the mean diagonal.
+    """
+    L, info = torch.linalg.cholesky_ex(H)
+    if bool((info != 0).any()):
+        # round-off made H indefinite (e.g. float32 with a tiny ridge): retry with a jitter
+        eye = torch.eye(H.shape[-1], dtype=H.dtype, device=H.device)
+        jitter = torch.diagonal(H, dim1=-2, dim2=-1).abs().amax(-1).clamp_min(torch.finfo(H.dtype).tiny)
+        H = H + (64 * torch.finfo(H.dtype).eps * jitter)[..., None, None] * eye
+        L, info = torch.linalg.cholesky_ex(H)
+    x = torch.cholesky_solve(g.unsqueeze(-1), L).squeeze(-1)
+    bad = (info != 0) | ~torch.isfinite(x).all(-1)
+    if bool(bad.any()):
+        scale = torch.diagonal(H[bad], dim1=-2, dim2=-1).mean(-1, keepdim=True)
+        scale = scale.clamp_min(torch.finfo(H.dtype).tiny)
+        x[bad] = g[bad] / scale
+        x = torch.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0)
+    return x
+
+
+def hessian_at(transfer: Transfer, m: torch.Tensor, V: torch.Tensor) -> torch.Tensor:
+    """``∇²F(m)`` applied to the columns of V: (d, k)."""
+    if transfer.elementwise:
+        return transfer.hessian_diag(m).unsqueeze(1) * V
+    return transfer.hvp(m.unsqueeze(0).expand(V.shape[1], -1), V.T).T
+
+
+def normalizer(transfer: Transfer, m: torch.Tensor, V: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric T with ``(VT)ᵀ ∇²F(m) (VT) = I`` and its inverse (coefficients map by ``C T⁻¹``)."""
+    M = V.T @ hessian_at(transfer, m, V)
+    M = 0.5 * (M + M.T)
+    ev, U = torch.linalg.eigh(M)
+    floor = ev.abs().max().clamp_min(torch.finfo(M.dtype).tiny) * torch.finfo(M.dtype).eps
+    ev = ev.clamp_min(floor)
+    T = (U * ev.rsqrt()) @ U.T
+    T_inv = (U * ev.sqrt()) @ U.T
+    return T, T_inv
+
+
+# ------------------------------------------------------------------------------------------
+# the coefficient step: batched damped Newton with a backtracking line search per row
+# ------------------------------------------------------------------------------------------
+@dataclass
+class CoefResult:
+    C: torch.Tensor
+    A_hat: torch.Tensor
+    divergence: torch.Tensor  # per row, without the ridge
+    objective: torch.Tensor  # per row, with the ridge
+    newton_iterations: int
+
+
+def _row_objective(transfer, X, m, V, C, lam):
+    A_hat = m + C @ V.T
+    D = transfer.divergence(A_hat, X)
+    return A_hat, D, D + 0.5 * lam * (C * C).sum(-1)
+
+
+def _shifted_objective(transfer, Y, m, V, C, lam):
+    """``φ(c)`` up to a per-row constant: ``F(â) − y·â + (λ/2)‖c‖²`` (one potential evaluation,
+    no work on the target, which is all a line search needs); also returns a round-off scale."""
+    A_hat = m + C @ V.T
+    Fa = transfer.F(A_hat)
+    ya = (Y * A_hat).sum(-1)
+    ridge = 0.5 * lam * (C * C).sum(-1)
+    return A_hat, Fa - ya + ridge, Fa.abs() + ya.abs() + ridge
+
+
+def solve_coefficients(
+    transfer: Transfer,
+    X: torch.Tensor,
+    m: torch.Tensor,
+    V: torch.Tensor,
+    lam: float,
+    C0: torch.Tensor,
+    *,
+    max_steps: int,
+    gram: PairGram | None = None,
+    atol: float = 0.0,
+    Y: torch.Tensor | None = None,
+) -> CoefResult:
+    """Minimize ``φ(c) = D_F(m + V c, x) + (λ/2)‖c‖²`` for every row of X, starting at C0.
+
+    Each row takes at most ``max_steps`` Newton steps (``H = Vᵀ∇²F(â)V + λI``, solved by
+    Cholesky); a step is accepted only if it passes an Armijo test on that row's own objective
+    (halving up to 30 times), so φ never increases and stays finite. Rows leave the active set
+    once their Newton decrement ``−gᵀδ`` is below ``tol·(φ + atol)`` (with ``max_steps = 1``
+    every row takes its one step and no test is made).
+    """
+    k = V.shape[1]
+    if k == 0:
+        A_hat = m.expand_as(X).clone()
+        D = transfer.divergence(A_hat, X)
+        return CoefResult(C0, A_hat, D, D.clone(), 0)
+    gram = gram or PairGram(V)
+    Y = transfer.f(X) if Y is None else Y
+    C = C0.clone()
+    A_hat, psi, mag = _shifted_objective(transfer, Y, m, V, C, lam)
+    eps = torch.finfo(X.dtype).eps
+    tol = newton_tolerance(X.dtype)
+    eye = torch.eye(k, dtype=X.dtype, device=X.device)
+    active: torch.Tensor | None = None  # None: all rows (saves gathers and scatters)
+    phi_scale = None
+    steps = 0
+
+    def take(x: torch.Tensor, idx: torch.Tensor | None) -> torch.Tensor:
+        return x if idx is None else x[idx]
+
+    for _ in range(max_steps):
+        if active is not None and active.numel() == 0:
+            break
+        steps += 1
+        Ya, Ca, Aa, psia, maga = (take(x, active) for x in (Y, C, A_hat, psi, mag))
+        Q = transfer.f(Aa)
+        g = (Q - Ya) @ V + lam * Ca
+        if transfer.elementwise:
+            H = gram(transfer.hessian_diag_from_output(Aa, Q))
+        else:
+            u = Q @ V
+            H = gram(Q) - u.unsqueeze(2) * u.unsqueeze(1)
+        H = H + lam * eye
+        delta = -solve_spd(H, g)
+        slope = (g * delta).sum(-1)  # = −(Newton decrement)², ≤ 0
+        rows = active
+        if max_steps > 1:
+            if phi_scale is None:
+                # the row objectives φ at the start set the scale of the stopping test
+                phi_scale = transfer.divergence(A_hat, X) + 0.5 * lam * (C * C).sum(-1) + atol
+            # A row moves on while its objective can still drop noticeably or while its step is
+            # not negligible: along nearly flat directions (curvature ~ λ) the decrement is tiny
+            # long before the coefficients have settled.
+            step_tol = 1e3 * tol * (1 + Ca.abs().amax(-1))
+            moving = (-slope > tol * take(phi_scale, active)) | (delta.abs().amax(-1) > step_tol)
+            if not bool(moving.any()):
+                break
+            if not bool(moving.all()):
+                sel = moving.nonzero().squeeze(1)
+                rows = sel if active is None else active[sel]
+                Ca, psia, maga, delta, slope = Ca[sel], psia[sel], maga[sel], delta[sel], slope[sel]
+        Yr = take(Y, rows)
+        slack = 8 * eps * maga
+        # first trial: the full step for every row (the common case needs no gathers)
+        Ct = Ca + delta
+        At, pt, mt = _shifted_objective(transfer, Yr, m, V, Ct, lam)
+        ok = torch.isfinite(pt) & (pt <= psia + _ARMIJO * slope + slack)
+        n_rows = Ca.shape[0]
+        if bool(ok.all()):
+            if rows is None:
+                C, A_hat, psi, mag = Ct, At, pt, mt
+            else:
+                C[rows], A_hat[rows], psi[rows], mag[rows] = Ct, At, pt, mt
+            active = rows if rows is not None else None
+            continue
+        accepted = ok.clone()
+        target = rows[ok] if rows is not None else ok.nonzero().squeeze(1)
+        C[target], A_hat[target], psi[target], mag[target] = Ct[ok], At[ok], pt[ok], mt[ok]
+        pending = (~ok).nonzero().squeeze(1)
+        t = torch.full((n_rows,), 0.5, dtype=X.dtype, device=X.device)
+        for _ls in range(_LINE_SEARCH_HALVINGS):
+            Ct = Ca[pending] + t[pending].unsqueeze(1) * delta[pending]
+            At, pt, mt = _shifted_objective(transfer, Yr[pending], m, V, Ct, lam)
+            ok = torch.isfinite(pt) & (pt <= psia[pending] + _ARMIJO * t[pending] * slope[pending] + slack[pending])
+            if bool(ok.any()):
+                done = pending[ok]
+                target = rows[done] if rows is not None else done
+                C[target], A_hat[target], psi[target], mag[target] = Ct[ok], At[ok], pt[ok], mt[ok]
+                accepted[done] = True
+            pending = pending[~ok]
+            if pending.numel() == 0:
+                break
+            t[pending] *= 0.5
+        # Rows whose line search found no decrease are at their optimum to round-off.
+        keep = accepted.nonzero().squeeze(1)
+        active = keep if rows is None else rows[keep]
+    D = transfer.divergence(A_hat, X)
+    return CoefResult(C, A_hat, D, D + 0.5 * lam * (C * C).sum(-1), steps)
+
+
+def initial_coefficients(
+    transfer: Transfer, X: torch.Tensor, m: torch.Tensor, V: torch.Tensor, HV: torch.Tensor, lam: float
+) -> torch.Tensor:
+    """Cold start for a projection: the better (per row) of c = 0 and the local-metric
+    projection ``(x − m)ᵀ ∇²F(m) V`` (exact for a quadratic potential with normalized V)."""
+    C_proj = (X - m) @ HV / (1.0 + lam)
+    _, _, phi_proj = _row_objective(transfer, X, m, V, C_proj, lam)
+    phi_zero = transfer.divergence(m.expand_as(X), X)
+    use_zero = ~(phi_proj <= phi_zero)
+    C_proj[use_zero] = 0
+    return C_proj
+
+
+# ------------------------------------------------------------------------------------------
+# coefficient storage between passes (in memory, or on disk for chunked data)
+# ------------------------------------------------------------------------------------------
+class CoefStore:
+    """Holds the current coefficients of all N rows between passes.
+
+    In memory for in-memory data; in a temporary memory-mapped file for chunked data, so
+    RAM use grows with the block size, not with N. ``pending`` is a (k, k) change of basis
+    applied when a block is read (normalizations between passes cost no extra pass).
+    """
+
+    def __init__(self, n: int, k: int, *, dtype: torch.dtype, device: torch.device, on_disk: bool):
+        self.n, self.k, self.dtype, self.device = n, k, dtype, device
+        self.pending: torch.Tensor | None = None
+        self._tmp: tempfile.TemporaryDirectory | None = None
+        if on_disk:
+            self._tmp = tempfile.TemporaryDirectory(prefix="bregman_coef_")
+            np_dtype = np.float64 if dtype == torch.float64 else np.float32
+            self._disk = np.lib.format.open_memmap(
+                str(Path(self._tmp.name) / "coef.npy"), mode="w+", dtype=np_dtype, shape=(n, max(k, 1))
+            )
+            self._mem = None
+        else:
+            self._mem = torch.zeros(n, k, dtype=dtype, device=device)
+            self._disk = None
+
+    def get(self, start: int, stop: int) -> torch.Tensor:
+        if self._mem is not None:
+            C = self._mem[start:stop]
+        else:
+            C = torch.from_numpy(np.array(self._disk[start:stop, : self.k])).to(self.device)
+        return C @ self.pending if self.pending is not None else C
+
+    def set(self, start: int, stop: int, C: torch.Tensor) -> None:
+        if self._mem is not None:
+            self._mem[start:stop] = C
+        else:
+            self._disk[start:stop, : self.k] = C.detach().cpu().numpy()
+
+    def change_basis(self, M: torch.Tensor) -> None:
+        """Coefficients become ``C @ M`` (applied lazily on the next reads)."""
+        if self._mem is not None:
+            self._mem = self._mem @ M
+        else:
+            self.pending = M if self.pending is None else self.pending @ M
+
+    def commit(self) -> None:
+        """Every row has been rewritten in the current basis."""
+        self.pending = None
+
+    def all(self) -> torch.Tensor:
+        if self._mem is not None:
+            return self._mem
+        return self.get(0, self.n)
+
+    def close(self) -> None:
+        if self._tmp is not None:
+            self._disk = None
+            self._tmp.cleanup()
+            self._tmp = None
+
+
+# ------------------------------------------------------------------------------------------
+# first pass: moments for Euclidean PCA and the dual-space centroid
+# ------------------------------------------------------------------------------------------
+@dataclass
+class Moments:
+    n: int
+    mean: torch.Tensor  # Euclidean mean (d)
+    scatter: torch.Tensor  # Σ (x − mean)(x − mean)ᵀ (d, d)
+    mean_output: torch.Tensor  # (1/N) Σ f(x) (d)
+
+
+def moments(source: RowSource, transfer: Transfer) -> Moments:
+    """One pass: Euclidean mean and scatter (chunk-merged, Chan et al.), and the mean of f(x)."""
+    n = 0
+    mean = scatter = mean_out = None
+    for _, X in source.blocks():
+        X = transfer.remove_gauge(X)
+        b = X.shape[0]
+        mb = X.mean(0)
+        Xc = X - mb
+        Sb = Xc.T @ Xc
+        fb = transfer.f(X).mean(0)
+        if mean is None:
+            n, mean, scatter, mean_out = b, mb, Sb, fb
+            continue
+        tot = n + b
+        delta = mb - mean
+        scatter = scatter + Sb + torch.outer(delta, delta) * (n * b / tot)
+        mean = mean + delta * (b / tot)
+        mean_out = mean_out + (fb - mean_out) * (b / tot)
+        n = tot
+    scatter = 0.5 * (scatter + scatter.T)
+    return Moments(n, mean, scatter, mean_out)
+
+
+def top_eigenvectors(S: torch.Tensor, k: int, transfer: Transfer, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top-k eigenvectors (descending) of a symmetric matrix, gauge-free, deterministic signs.
+
+    Returns (V (d, k) orthonormal, all eigenvalues descending). Directions that the data do
+    not determine (zero eigenvalues) are completed with random gauge-free directions.
+    """
+    ev, U = torch.linalg.eigh(S)
+    ev, U = ev.flip(0), U.flip(1)
+    V = transfer.remove_gauge(U[:, :k].T).T
+    tiny = ev[:1].abs().clamp_min(torch.finfo(S.dtype).tiny) * S.shape[0] * torch.finfo(S.dtype).eps
+    weak = ev[:k] <= tiny
+    if bool(weak.any()):
+        fill = torch.randn(S.shape[0], int(weak.sum()), generator=generator, dtype=torch.float64)
+        V[:, weak] = transfer.remove_gauge(fill.to(V).T).T
+        Q, R = torch.linalg.qr(V)
+        V = Q * torch.sign(torch.diagonal(R)).where(torch.diagonal(R) != 0, torch.ones_like(ev[:k]))
+    return flip_signs(V), ev
+
+
+def flip_signs(V: torch.Tensor) -> torch.Tensor:
+    """Make the largest-magnitude entry of each column positive (deterministic output)."""
+    idx = V.abs().argmax(0)
+    signs = torch.sign(V[idx, torch.arange(V.shape[1], device=V.device)])
+    signs[signs == 0] = 1
+    return V * signs
+
+
+# ------------------------------------------------------------------------------------------
+# the alternating solver
+# ------------------------------------------------------------------------------------------
+@dataclass
+class FitResult:
+    mean: torch.Tensor
+    V: torch.Tensor  # (d, k), Vᵀ ∇²F(m) V = I, ordered by mean squared coefficient
+    divergence: float
+    pca_divergence: float
+    init_divergence: float
+    mean_only_divergence: float
+    divergence_by_k: list[float]  # mean divergence with the first j directions, j = 1..k
+    n_iter: int
+    converged: bool
+    history: list[dict[str, float]]
+    coefficients: torch.Tensor | None  # (N, k) when the data are in memory
+    coef_second_moment: torch.Tensor = field(default=None)  # type: ignore[assignment]
+
+
+@dataclass
+class SolverOptions:
+    ridge: float
+    max_iter: int
+    tol: float
+    newton_steps: int
+    polish_steps: int
+    joint_mean: bool
+    callback: Callable[[dict[str, float]], Any] | None
+    generator: torch.Generator
+
+
+class BregmanSolver:
+    """Alternating minimization of ``Σ_n D_F(m + V c_n, a_n) + (λ/2)‖c_n‖²`` over row blocks."""
+
+    def __init__(self, source: RowSource, transfer: Transfer, k: int, opts: SolverOptions):
+        self.src, self.tr, self.k, self.o = source, transfer, k, opts
+        self.N, self.d = source.n_rows, source.d
+        self.dtype, self.device = source.dtype, source.device
+        self.t0 = time.perf_counter()
+
+    # --- passes ---------------------------------------------------------------------------
+    def _blocks(self):
+        width = self.d + (self.k + 1) * (self.k + 2) // 2
+        for s, X in self.src.blocks(width):
+            yield s, self.tr.remove_gauge(X)
+
+    def initial_pass(self, store: CoefStore, m: torch.Tensor, B: torch.Tensor, V: torch.Tensor,
+                     pca_mean: torch.Tensor, pca_V: torch.Tensor, warm: bool) -> float:
+        """Write starting coefficients; return Euclidean PCA's mean divergence."""
+        total_pca = 0.0
+        for s, X in self._blocks():
+            Cp = (X - pca_mean) @ pca_V
+            total_pca += float(self.tr.divergence(pca_mean + Cp @ pca_V.T, X).sum())
+            if warm:
+                C0 = initial_coefficients(self.tr, X, m, V, B, self.o.ridge)
+            else:
+                C0 = Cp if m is pca_mean and B is pca_V else (X - m) @ B
+            store.set(s, s + X.shape[0], C0)
+        store.commit()
+        return total_pca / self.N
+
+    def coefficient_pass(self, store: CoefStore, m, V, *, max_steps: int, stats: bool, second_moment: bool = False):
+        tr, lam = self.tr, self.o.ridge
+        gram = PairGram(V)
+        K = self.k + (1 if self.o.joint_mean else 0)
+        G = torch.zeros(self.d, K, dtype=self.dtype, device=self.device) if stats else None
+        Hs = None
+        unit_div = torch.zeros(self.d if tr.elementwise else 1, dtype=self.dtype, device=self.device)
+        unit_mag = torch.zeros_like(unit_div)
+        tot_D = tot_phi = 0.0
+        S = torch.zeros(self.k, self.k, dtype=self.dtype, device=self.device) if second_moment else None
+        iters = 0
+        for s, X in self._blocks():
+            Y = tr.f(X)
+            res = solve_coefficients(tr, X, m, V, lam, store.get(s, s + X.shape[0]), max_steps=max_steps,
+                                     gram=gram, atol=self.atol, Y=Y)
+            iters = max(iters, res.newton_iterations)
+            store.set(s, s + X.shape[0], res.C)
+            tot_D += float(res.divergence.sum())
+            tot_phi += float(res.objective.sum())
+            if S is not None:
+                S += res.C.T @ res.C
+            if stats:
+                Z = torch.cat([res.C, torch.ones_like(res.C[:, :1])], 1) if self.o.joint_mean else res.C
+                Q = tr.f(res.A_hat)
+                G += (Q - Y).T @ Z
+                W = tr.hessian_diag_from_output(res.A_hat, Q) if tr.elementwise else Q * (1 - Q)
+                Zp, zindex = pair_products(Z)
+                Hs = W.T @ Zp if Hs is None else Hs + W.T @ Zp
+                unit_div += self._shifted_unit_objective(res.A_hat, Y)
+                unit_mag += self._magnitude(res.A_hat, Y)
+        store.commit()
+        out = {"divergence": tot_D / self.N, "objective": tot_phi / self.N, "newton": iters}
+        if stats:
+            out.update(G=G, H=Hs[:, zindex.reshape(-1)].reshape(self.d, K, K), unit_div=unit_div, unit_mag=unit_mag)
+        if S is not None:
+            out["S"] = S / self.N
+        return out
+
+    def _shifted_unit_objective(self, A_hat: torch.Tensor, Y: torch.Tensor) -> torch.Tensor:
+        """Σ_rows of ``F(â) − y·â`` per unit (element-wise) or in total (softmax): the divergence
+        up to a constant of the data, which is all that step comparisons need."""
+        if self.tr.elementwise:
+            return (self.tr.F_elements(A_hat) - Y * A_hat).sum(0)
+        return (self.tr.F(A_hat) - (Y * A_hat).sum(-1)).sum().reshape(1)
+
+    def _magnitude(self, A_hat: torch.Tensor, Y: torch.Tensor) -> torch.Tensor:
+        """Round-off scale of :meth:`_shifted_unit_objective`."""
+        if self.tr.elementwise:
+            return (self.tr.F_elements(A_hat).abs() + (Y * A_hat).abs()).sum(0)
+        return (self.tr.F(A_hat).abs() + (Y * A_hat).sum(-1).abs()).sum().reshape(1)
+
+    def _candidate_objectives(self, store, m, theta, delta, steps) -> torch.Tensor:
+        """Shifted objectives (len(steps), units) at ``θ + t Δθ`` for each t, C fixed."""
+        cand = torch.zeros(len(steps), self.d if self.tr.elementwise else 1, dtype=self.dtype, device=self.device)
+        for s, X in self._blocks():
+            Y = self.tr.f(X)
+            C = store.get(s, s + X.shape[0])
+            Z = torch.cat([C, torch.ones_like(C[:, :1])], 1) if self.o.joint_mean else C
+            A0 = Z @ theta.T if self.o.joint_mean else m + Z @ theta.T
+            dA = Z @ delta.T
+            for i, t in enumerate(steps):
+                cand[i] += self._shifted_unit_objective(A0 + t * dA, Y)
+        store.commit()
+        return cand
+
+    def direction_step(self, store: CoefStore, m, V, st, damping: torch.Tensor):
+        """Damped Newton step on (V, m) with C fixed; a line search keeps the objective monotone.
+
+        Element-wise transfers: d independent (k+1)-dim problems, each with its own step size.
+        Softmax: the per-unit blocks of ``Σ diag(q) ⊗ z zᵀ`` (an upper bound of the coupled
+        Hessian) precondition the gradient; one step size for all units; gauge projected out.
+        The full step is tried first (one pass); only if some unit rejects it are the shorter
+        steps evaluated (a second pass).
+        """
+        tr = self.tr
+        G, H, unit_obj = st["G"], st["H"], st["unit_div"]
+        K = H.shape[-1]
+        eye = torch.eye(K, dtype=self.dtype, device=self.device)
+        diag = torch.diagonal(H, dim1=-2, dim2=-1)
+        scale = diag.mean(-1, keepdim=True).clamp_min(torch.finfo(self.dtype).tiny)
+        jitter = (torch.finfo(self.dtype).eps * 16) * scale
+        damp = damping.unsqueeze(-1) if tr.elementwise else damping
+        Hd = H + (eye * (jitter + damp * scale).unsqueeze(-1))
+        delta = -solve_spd(Hd, G)  # (d, K): rows are units, columns are [directions, mean]
+        if not tr.elementwise:
+            delta = tr.remove_gauge(delta.T).T
+        slope = (G * delta).sum(-1)  # per unit
+        if not tr.elementwise:
+            slope = slope.sum().reshape(1)
+        theta = torch.cat([V, m.unsqueeze(1)], 1) if self.o.joint_mean else V
+        slack = 8 * torch.finfo(self.dtype).eps * st["unit_mag"]
+        steps = _DIRECTION_STEPS[:1]
+        cand = self._candidate_objectives(store, m, theta, delta, steps)
+        ok = torch.isfinite(cand) & (cand <= unit_obj + _ARMIJO * steps[0] * slope + slack)
+        if not bool(ok.all()):
+            more = _DIRECTION_STEPS[1:]
+            cand = torch.cat([cand, self._candidate_objectives(store, m, theta, delta, more)])
+            steps = _DIRECTION_STEPS
+            t_col = torch.tensor(steps, dtype=self.dtype, device=self.device).unsqueeze(1)
+            ok = torch.isfinite(cand) & (cand <= unit_obj + _ARMIJO * t_col * slope + slack)
+        steps_t = torch.tensor(steps, dtype=self.dtype, device=self.device)
+        cand = torch.where(torch.isfinite(cand), cand, torch.full_like(cand, math.inf))
+        # first (largest) accepted step per unit, else the best strict decrease, else none
+        first = torch.where(ok.any(0), ok.to(torch.int8).argmax(0), cand.argmin(0))
+        best = cand.gather(0, first.unsqueeze(0)).squeeze(0)
+        use = ok.any(0) | (best < unit_obj)
+        t = torch.where(use, steps_t[first], torch.zeros_like(unit_obj))
+        # Marquardt damping: relax after full steps, tighten after rejected ones
+        full = use & (first == 0)
+        damping = torch.where(full, damping / 3, torch.where(use, damping, damping * 10 + 1e-6))
+        damping = damping.clamp(0, 1e6)
+        step = delta * t.unsqueeze(1) if tr.elementwise else delta * t
+        if self.o.joint_mean:
+            V, m = V + step[:, :-1], m + step[:, -1]
+        else:
+            V = V + step
+        return m, V, damping
+
+    def finalize_basis(self, store: CoefStore, m, V):
+        """Normalize ``Vᵀ∇²F(m)V = I``, polish C, rotate to the eigenvectors of the coefficient
+        second moment (descending); returns (V, polish stats)."""
+        T, T_inv = normalizer(self.tr, m, V)
+        V = V @ T
+        store.change_basis(T_inv)
+        st = self.coefficient_pass(store, m, V, max_steps=self.o.polish_steps, stats=False, second_moment=True)
+        ev, U = torch.linalg.eigh(0.5 * (st["S"] + st["S"].T))
+        U = U.flip(1)
+        V = V @ U
+        signs = torch.sign(V[V.abs().argmax(0), torch.arange(V.shape[1], device=V.device)])
+        signs[signs == 0] = 1
+        V = V * signs
+        store.change_basis(U * signs)
+        st["S"] = (U * signs).T @ st["S"] @ (U * signs)
+        return V, st
+
+    def divergence_by_k(self, store: CoefStore, m, V) -> tuple[float, list[float]]:
+        """Mean divergence of the mean-only model, and with the fit's coefficients truncated to
+        the first j directions, j = 1..k-1 (one pass; a lower bound on the share a fresh
+        projection onto those j directions would explain)."""
+        tr = self.tr
+        tot0 = 0.0
+        tots = [0.0] * (self.k - 1)
+        for s, X in self._blocks():
+            C = store.get(s, s + X.shape[0])
+            tot0 += float(tr.divergence(m.expand_as(X), X).sum())
+            A_hat = m.expand_as(X)
+            for j in range(1, self.k):
+                A_hat = A_hat + C[:, j - 1 : j] * V[:, j - 1]
+                tots[j - 1] += float(tr.divergence(A_hat, X).sum())
+        store.commit()
+        return tot0 / self.N, [t / self.N for t in tots]
+
+    # --- driver ---------------------------------------------------------------------------
+    def run(self, mom: Moments, init: tuple[torch.Tensor, torch.Tensor] | None = None) -> FitResult:
+        tr, o = self.tr, self.o
+        k = self.k
+        pca_V, _ = top_eigenvectors(mom.scatter, k, tr, o.generator)
+        pca_mean = mom.mean
+        if init is not None:
+            m, V = init
+            warm = True
+        elif o.joint_mean:
+            m, V, warm = pca_mean, pca_V, False
+        else:
+            m = tr.remove_gauge(tr.f_inv(mom.mean_output))
+            shift = mom.mean - m
+            S0 = mom.scatter + mom.n * torch.outer(shift, shift)
+            V, _ = top_eigenvectors(S0, k, tr, o.generator)
+            warm = False
+        # Scale of the data's divergence for absolute tolerances: mean-only model at m.
+        store = CoefStore(self.N, k, dtype=self.dtype, device=self.device, on_disk=not self.src.in_memory)
+        try:
+            return self._run(store, mom, m, V, warm, pca_mean, pca_V)
+        finally:
+            store.close()
+
+    def _run(self, store, mom, m, V, warm, pca_mean, pca_V) -> FitResult:
+        tr, o = self.tr, self.o
+        self.atol = 0.0
+        B = hessian_at(tr, m, V) if warm else V
+        if warm:
+            T, _ = normalizer(tr, m, V)
+            V = V @ T
+            B = hessian_at(tr, m, V)
+        pca_div = self.initial_pass(store, m, B, V, pca_mean, pca_V, warm)
+        self.atol = max(pca_div, torch.finfo(self.dtype).tiny) * 1e-3
+        # Normalize the starting basis so the ridge acts in the local metric from the start.
+        T, T_inv = normalizer(tr, m, V)
+        V = V @ T
+        store.change_basis(T_inv)
+        init_m, init_V = m.clone(), V.clone()
+        damping = torch.zeros(self.d if tr.elementwise else 1, dtype=self.dtype, device=self.device)
+        history: list[dict[str, float]] = []
+        prev = math.inf
+        init_div = math.nan
+        converged = False
+        n_iter = 0
+        for it in range(1, o.max_iter + 1):
+            st = self.coefficient_pass(store, m, V, max_steps=o.newton_steps, stats=True)
+            if it == 1:
+                init_div = st["divergence"]
+            div, obj = st["divergence"], st["objective"]
+            m, V, damping = self.direction_step(store, m, V, st, damping)
+            n_iter = it
+            info = {"iteration": it, "elapsed_s": time.perf_counter() - self.t0, "divergence": div,
+                    "objective": obj, "newton_iterations": st["newton"]}
+            history.append(info)
+            logger.debug("bregman pca iteration %d: divergence %.6g objective %.6g", it, div, obj)
+            stop = bool(o.callback(dict(info))) if o.callback is not None else False
+            rel = (prev - obj) / max(abs(prev), torch.finfo(self.dtype).tiny) if math.isfinite(prev) else math.inf
+            if rel < o.tol or obj <= torch.finfo(self.dtype).tiny:
+                converged = True
+                break
+            prev = obj
+            if stop:
+                break
+            T, T_inv = normalizer(tr, m, V)
+            V = V @ T
+            store.change_basis(T_inv)
+        V, st = self.finalize_basis(store, m, V)
+        final_div = st["divergence"]
+        if o.joint_mean and final_div > pca_div and final_div > init_div:
+            logger.warning("Bregman fit ended above its Euclidean-PCA start (%.6g > %.6g); returning the start",
+                           final_div, init_div)
+            m, V = init_m, init_V
+            self.initial_pass(store, m, hessian_at(tr, m, V), V, pca_mean, pca_V, warm=True)
+            V, st = self.finalize_basis(store, m, V)
+            final_div = st["divergence"]
+        d0, by_k = self.divergence_by_k(store, m, V)
+        coefficients = store.all().clone() if self.src.in_memory else None
+        return FitResult(
+            mean=m, V=V, divergence=final_div, pca_divergence=pca_div, init_divergence=init_div,
+            mean_only_divergence=d0, divergence_by_k=by_k + [final_div], n_iter=n_iter,
+            converged=converged, history=history, coefficients=coefficients, coef_second_moment=st["S"],
+        )

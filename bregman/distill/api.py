@@ -1,0 +1,524 @@
+"""The one-call distillation API: ``distill(teacher, (x, y), layer, method, student, ...)``.
+
+One engine for every method (see :mod:`bregman.distill.methods`): the teacher's targets are
+computed once (cached), the student trains with :func:`bregman.training.train_loop`, and the
+result is evaluated against the teacher and can be saved as deployable artifacts.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import numbers
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import Tensor, nn
+
+from bregman.distill.cut import Cut, resolve_cut
+from bregman.distill.evaluate import cost_metrics, parameter_count, quality_metrics
+from bregman.distill.methods import (
+    LAYER_METHODS,
+    DistilledModel,
+    LossSettings,
+    MethodError,
+    TransferLayer,
+    check_method,
+    frozen_copy,
+    make_batch_loss,
+    student_width,
+)
+from bregman.distill.students import build_student
+from bregman.distill.targets import TargetCache, TeacherTargets, coefficients, compute_targets
+from bregman.training import ProgressFn, check_labels, default_device, predict, train_loop
+
+logger = logging.getLogger(__name__)
+
+#: ``n_components=None``: the smallest k whose directions explain this share of the divergence.
+DEFAULT_EXPLAINED_DIVERGENCE = 0.95
+#: default number of optimizer steps the epoch count aims at (see :func:`default_budget`)
+DEFAULT_TARGET_STEPS = 1500
+
+
+def default_budget(n: int, batch_size: int | None = None, epochs: int | None = None) -> tuple[int, int]:
+    """Default batch size and epochs for a transfer set of ``n`` examples.
+
+    batch size: ``min(64, max(16, n // 4))`` (small sets get several steps per epoch);
+    epochs: enough for about 1500 optimizer steps, clamped to [10, 300].
+    """
+    if batch_size is None:
+        batch_size = int(min(64, max(16, n // 4)))
+    if epochs is None:
+        steps_per_epoch = math.ceil(n / batch_size)
+        epochs = int(min(300, max(10, math.ceil(DEFAULT_TARGET_STEPS / steps_per_epoch))))
+    return int(batch_size), int(epochs)
+
+
+@dataclass
+class DistillResult:
+    """A distilled student and what was measured about it.
+
+    Attributes
+    ----------
+    model : DistilledModel
+        Inputs → the teacher's output space (for ``bregman``: student → imported layer →
+        teacher head; for ``hint``: student → transfer → head; otherwise the student alone).
+    student : nn.Module
+        The trained network alone (``model.student``).
+    method : str
+    layer : str or None
+        The teacher layer used (``bregman`` / ``hint``).
+    transfer : dict or None
+        The layer's transfer ``{"name", "params"}``.
+    k : int or None
+        Number of Bregman coefficients (``bregman``).
+    representation : ExportedLayer or None
+        The imported layer (``bregman``), frozen.
+    metrics : dict
+        Quality (``test_accuracy``, ``test_agreement``, ``test_kl_to_teacher``,
+        ``test_teacher_accuracy``, the same on the transfer set with prefix ``transfer_``) and cost
+        (``parameters``, ``student_parameters``, ``teacher_parameters``, ``latency_ms``,
+        ``teacher_latency_ms``), plus the representation's ``explained_divergence`` and times.
+    history : dict of lists
+        Per epoch: ``loss``, the method's loss terms, ``lr``, ``time_s``.
+    student_manifest : dict
+        ``{"arch", "args", "flatten_input"}``: rebuilds the student with the model registry.
+    settings : dict
+        The training settings and loss weights used (every default filled in).
+    input_shape : tuple of int
+        Shape of one input example.
+    """
+
+    model: DistilledModel
+    student: nn.Module
+    method: str
+    layer: str | None
+    transfer: dict[str, Any] | None
+    k: int | None
+    representation: nn.Module | None
+    metrics: dict[str, float]
+    history: dict[str, list[float]]
+    student_manifest: dict[str, Any]
+    settings: dict[str, Any]
+    input_shape: tuple[int, ...]
+    outputs_are_probabilities: bool = False
+    example_input: Tensor | None = field(default=None, repr=False)
+
+    def manifest(self) -> dict[str, Any]:
+        """The ``student.json`` manifest."""
+        return {
+            "format_version": 1,
+            "kind": "bregman_student",
+            "arch": self.student_manifest["arch"],
+            "args": self.student_manifest["args"],
+            "flatten_input": bool(self.student_manifest.get("flatten_input", False)),
+            "method": self.method,
+            "k": self.k,
+            "layer": self.layer,
+            "transfer": self.transfer,
+            "input_shape": list(self.input_shape),
+            "settings": self.settings,
+            "metrics": self.metrics,
+        }
+
+    def save(self, directory: str | Path, *, onnx: bool = True) -> dict[str, Any]:
+        """Write the student's artifacts into ``directory`` (created if needed).
+
+        Files: ``student.safetensors`` (the student network's weights), ``student.json`` (the
+        manifest: arch, args, method, k, layer, transfer, metrics, settings), ``student.pt2``
+        (``torch.export`` program of the whole pipeline, batch size dynamic), ``student.onnx``
+        (when the ONNX exporter handles the pipeline and ``onnx`` is true), ``metrics.json``,
+        and for ``bregman`` the imported layer in ``layer/`` (``layer.safetensors``,
+        ``layer.json``). Returns ``{"files": [...], "onnx": status}``.
+        """
+        from bregman.distill.export import export_onnx, export_program, save_weights, write_json
+
+        out = Path(directory)
+        out.mkdir(parents=True, exist_ok=True)
+        example = self.example_input if self.example_input is not None else torch.zeros(2, *self.input_shape)
+        files = [save_weights(self.student, out / "student.safetensors", metadata={"kind": "bregman_student"})]
+        files.append(export_program(self.model, example, out / "student.pt2"))
+        onnx_status: dict[str, Any] = {"written": False, "error": "not requested"}
+        if onnx:
+            onnx_status = export_onnx(self.model, example, out / "student.onnx")
+            if onnx_status["written"]:
+                files.append(out / "student.onnx")
+        if self.representation is not None:
+            self.representation.save(out / "layer")
+            files += [out / "layer" / "layer.safetensors", out / "layer" / "layer.json"]
+        manifest = self.manifest()
+        manifest["onnx"] = onnx_status
+        manifest["files"] = sorted(str(Path(f).relative_to(out)) for f in files) + ["metrics.json", "student.json"]
+        write_json(out / "metrics.json", {"metrics": self.metrics, "history": self.history})
+        files.append(write_json(out / "student.json", manifest))
+        files.append(out / "metrics.json")
+        return {"files": [str(f) for f in files], "onnx": onnx_status}
+
+
+def load_student(directory: str | Path, *, device: torch.device | str | None = None) -> tuple[nn.Module, dict[str, Any]]:
+    """Rebuild the trained student network (not the pipeline) from ``student.safetensors`` + ``student.json``.
+
+    The whole pipeline runs without this project from ``student.pt2``
+    (``torch.export.load(path).module()``).
+    """
+    import json
+
+    from safetensors.torch import load_file
+
+    from bregman.distill.students import student_from_manifest
+
+    src = Path(directory)
+    manifest_path, weights_path = src / "student.json", src / "student.safetensors"
+    missing = [p.name for p in (manifest_path, weights_path) if not p.is_file()]
+    if missing:
+        raise ValueError(f"{src} is not a saved student: missing {', '.join(missing)}")
+    manifest = json.loads(manifest_path.read_text())
+    module = student_from_manifest(manifest)
+    state = load_file(str(weights_path), device="cpu")
+    try:
+        module.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise ValueError(f"{weights_path} does not hold the weights of the {manifest['arch']} student its "
+                         f"manifest describes: {exc}") from None
+    module.eval()
+    return (module.to(device) if device is not None else module), manifest
+
+
+def _as_inputs(x: Any, name: str) -> Tensor:
+    x = torch.as_tensor(x)
+    if x.dim() < 2:
+        raise ValueError(f"{name} must be a batch (N, *input_shape), got shape {tuple(x.shape)}")
+    if x.shape[0] == 0:
+        raise ValueError(f"{name} is empty: pass at least one example")
+    if not x.is_floating_point():
+        raise ValueError(f"{name} must be floating point (scale integer images yourself), got {x.dtype}")
+    return x.float()
+
+
+def _split_data(data: Any, name: str) -> tuple[Tensor, Tensor | None]:
+    if not isinstance(data, (tuple, list)) or len(data) != 2:
+        raise ValueError(f"{name} must be a pair (x, y) with y None when there are no labels")
+    x = _as_inputs(data[0], f"{name}[0] (x)")
+    y = data[1]
+    if y is not None:
+        y = torch.as_tensor(y)
+        if y.shape[:1] != x.shape[:1]:
+            raise ValueError(f"{name}: x has {x.shape[0]} rows but y has {y.shape[0] if y.dim() else 'no'} rows")
+        y = check_labels(y)
+    return x, y
+
+
+def _check_n_components(n_components: Any) -> int | float | None:
+    if n_components is None:
+        return None
+    if isinstance(n_components, bool) or not isinstance(n_components, numbers.Real):
+        raise ValueError(f"n_components must be None, an int >= 1 or a float in (0, 1), got {n_components!r}")
+    if isinstance(n_components, numbers.Integral):
+        if n_components < 1:
+            raise ValueError(f"n_components must be at least 1, got {n_components}")
+        return int(n_components)
+    if not 0.0 < float(n_components) < 1.0:
+        raise ValueError(f"a float n_components is a share of the divergence in (0, 1), got {n_components}")
+    return float(n_components)
+
+
+def _representation_parts(representation: Any) -> tuple[nn.Module, Any]:
+    """(exported layer, object whose coefficients define the targets) from a fitted estimator or a layer."""
+    if hasattr(representation, "export_layer"):  # a BregmanPCA
+        if not hasattr(representation, "n_components_"):
+            raise ValueError("the representation is a BregmanPCA that is not fitted: fit it first or pass None")
+        return representation.export_layer(), representation
+    if isinstance(representation, nn.Module) and hasattr(representation, "components"):
+        return representation, representation
+    raise ValueError(f"representation must be a fitted BregmanPCA or an ExportedLayer, got "
+                     f"{type(representation).__name__}")
+
+
+def _teacher_parts(teacher: Any) -> tuple[Any, nn.Module, tuple[int, ...] | None]:
+    if hasattr(teacher, "module") and hasattr(teacher, "input_shape"):  # bregman.teachers.Teacher
+        return teacher, teacher.module, tuple(teacher.input_shape)
+    if isinstance(teacher, nn.Module):
+        return teacher, teacher, None
+    raise ValueError(f"teacher must be an nn.Module or a loaded Teacher, got {type(teacher).__name__}")
+
+
+def _probabilities(outputs: Tensor) -> bool:
+    """Whether the teacher's outputs are probabilities (non-negative rows summing to 1)."""
+    return bool((outputs >= 0).all()) and bool(torch.allclose(outputs.sum(1), torch.ones(outputs.shape[0]), atol=1e-4))
+
+
+def _to_logits_fn(probabilities: bool) -> Callable[[Tensor], Tensor]:
+    if not probabilities:
+        return lambda out: out
+    return lambda p: torch.log(p.clamp_min(torch.finfo(p.dtype).tiny))
+
+
+def distill(
+    teacher: Any,
+    data: tuple[Any, Any],
+    layer: str | None = None,
+    method: str = "bregman",
+    student: dict[str, Any] | None = None,
+    n_components: int | float | None = None,
+    seed: int = 0,
+    *,
+    test: tuple[Any, Any] | None = None,
+    epochs: int | None = None,
+    batch_size: int | None = None,
+    lr: float = 3e-3,
+    weight_decay: float = 1e-4,
+    optimizer: str = "adamw",
+    schedule: str = "cosine",
+    temperature: float = 4.0,
+    alpha: float = 0.9,
+    coefficient_weight: float = 1.0,
+    divergence_weight: float = 0.0,
+    label_weight: float = 0.0,
+    transfer: str | None = "auto",
+    representation: Any = None,
+    pca_options: dict[str, Any] | None = None,
+    cache: TargetCache | None = None,
+    measure_latency: bool = True,
+    device: torch.device | str | None = None,
+    progress: ProgressFn | None = None,
+) -> DistillResult:
+    """Distill ``teacher`` into a small student on the transfer set ``data``.
+
+    Parameters
+    ----------
+    teacher : nn.Module or Teacher
+        The trained network (a :class:`bregman.teachers.Teacher` from ``load_teacher`` or any
+        module mapping (B, *input_shape) to outputs). It is never modified.
+    data : (x, y)
+        The transfer set: inputs (N, *input_shape), floating point, and integer labels (N,) or
+        None. ``labels`` needs labels; the other methods use them when given (``kd`` through
+        ``alpha``, ``bregman``/``hint`` through ``label_weight``).
+    layer : str, optional
+        The teacher layer as :func:`bregman.layers.list_layers` names it (for an
+        ``nn.Sequential`` the index of the module computing the pre-activation, e.g. ``"2"``).
+        Default: the last tappable layer (the logits). Used by ``bregman`` and ``hint``.
+    method : {"bregman", "kd", "hint", "labels"}, default "bregman"
+        ``bregman``: predict the layer's Bregman coefficients, pass them through the imported
+        layer and the teacher's frozen head. ``kd``: soft labels (Hinton et al.). ``hint``:
+        regress the layer's pre-activations, then the head (FitNets-style). ``labels``:
+        cross-entropy on the labels alone.
+    student : dict, default {"arch": "mlp", "hidden": [32]}
+        A registry architecture and its arguments; the input size and the output width (k,
+        the layer width d, or the number of teacher outputs) are filled in.
+    n_components : int, float or None, default None
+        ``bregman``'s k: an int, a share of the divergence in (0, 1), or None for the smallest
+        k explaining 95 % of the mean-only model's divergence on the transfer set.
+    seed : int, default 0
+        Seeds the student's initial weights, the example order and the representation fit.
+    test : (x_test, y_test), optional
+        Evaluation data (y_test may be None); without it the metrics cover the transfer set only.
+    epochs, batch_size : int, optional
+        Default from :func:`default_budget`: batch ``min(64, max(16, N // 4))`` and enough epochs
+        for about 1500 steps (10 to 300 epochs).
+    lr : float, default 3e-3
+        Peak learning rate of AdamW, cosine-decayed to 0.
+    weight_decay : float, default 1e-4
+    optimizer : {"adamw", "sgd"}, default "adamw"
+    schedule : {"cosine", "constant"}, default "cosine"
+    temperature : float, default 4.0
+        ``kd``'s temperature.
+    alpha : float, default 0.9
+        ``kd``'s weight of the soft-label term (the label term gets 1 − α when labels exist).
+    coefficient_weight : float, default 1.0
+        ``bregman``: weight of the squared error ½‖ĉ − c‖² on the coefficients.
+    divergence_weight : float, default 0.0
+        ``bregman``: weight of the layer's divergence ``D_F(m + V ĉ, a)``.
+    label_weight : float, default 0.0
+        ``bregman`` / ``hint``: weight of the label cross-entropy of the deployed output.
+    transfer : {"auto", "listed", "softmax"}, default "auto"
+        At the teacher's output layer, ``"auto"`` uses the softmax transfer (the paper's choice;
+        the head becomes ``log``); elsewhere the layer's listed transfer.
+    representation : BregmanPCA or ExportedLayer, optional
+        A representation fitted earlier on this layer (e.g. by a representation job): reused
+        instead of fitting one; ``n_components`` is then ignored.
+    pca_options : dict, optional
+        Extra :class:`bregman.pca.BregmanPCA` arguments (``mean``, ``ridge``, ``max_iter``, ...).
+    cache : TargetCache, optional
+        Shares teacher targets and representation fits between calls on the same teacher.
+    measure_latency : bool, default True
+        Time CPU forwards of the model and the teacher (median of 30 batches).
+    device : torch device, optional
+        Where the student trains and the teacher runs; default: the teacher's device. The teacher
+        itself is not moved (its cut is a copy).
+    progress : callable, optional
+        ``progress(phase, fraction, metrics)`` with phases ``"targets"``, ``"representation"``,
+        ``"train"``, ``"evaluate"``; an exception raised inside aborts the run and propagates.
+
+    Returns
+    -------
+    DistillResult
+
+    Raises
+    ------
+    ValueError
+        Bad inputs: unknown method, labels missing for ``labels``, inputs that do not match the
+        teacher, an untappable layer (:class:`bregman.layers.LayerError`), a representation of
+        another layer, ...
+    """
+    t_start = time.perf_counter()
+    method = check_method(method)
+    graph_source, teacher_module, input_shape = _teacher_parts(teacher)
+    x, y = _split_data(data, "data")
+    if input_shape is not None and tuple(x.shape[1:]) != input_shape:
+        raise ValueError(f"the inputs have per-example shape {tuple(x.shape[1:])} but the teacher expects "
+                         f"{input_shape}: reshape them (e.g. x.reshape(len(x), *{input_shape}))")
+    input_shape = tuple(int(s) for s in x.shape[1:])
+    if method == "labels" and y is None:
+        raise MethodError("method 'labels' trains on labels alone and needs them: pass (x, y) with y not None, "
+                          "or choose 'bregman', 'kd' or 'hint', which learn from the teacher")
+    test_x = test_y = None
+    if test is not None:
+        test_x, test_y = _split_data(test, "test")
+        if tuple(test_x.shape[1:]) != input_shape:
+            raise ValueError(f"test inputs have per-example shape {tuple(test_x.shape[1:])}, the transfer set "
+                             f"{input_shape}: they must match")
+    n_components = _check_n_components(n_components)
+    settings = LossSettings(temperature=temperature, alpha=alpha, coefficient_weight=coefficient_weight,
+                            divergence_weight=divergence_weight, label_weight=label_weight)
+    dev = torch.device(device) if device is not None else default_device(teacher_module)
+    batch_size, epochs = default_budget(int(x.shape[0]), batch_size, epochs)
+    report = progress or (lambda phase, fraction, metrics: None)
+
+    # --- the teacher's targets, once ----------------------------------------------------------
+    report("targets", 0.0, {})
+    example = x[:2].to(default_device(teacher_module))
+    cut: Cut = resolve_cut(graph_source, layer, example, transfer)
+    cut.body.to(dev)
+    cut.head.to(dev)
+    if cache is not None:
+        cache.bind(teacher_module)
+    target_key = ("cut", cut.layer, cut.transfer.name, tuple(sorted(cut.transfer.params.items())))
+
+    def targets_of(inputs: Tensor) -> TeacherTargets:
+        compute = lambda: compute_targets(inputs, cut=cut, device=dev)  # noqa: E731
+        return cache.targets(inputs, target_key, compute) if cache is not None else compute()
+
+    targets = targets_of(x)
+    probabilities = _probabilities(targets.outputs)
+    to_logits = _to_logits_fn(probabilities)
+    teacher_logits = to_logits(targets.outputs)
+    num_outputs = int(targets.outputs.shape[1])
+    if y is not None:
+        check_labels(y, num_outputs)
+    report("targets", 1.0, {"n": int(x.shape[0])})
+
+    # --- the representation (bregman) ----------------------------------------------------------
+    exported: nn.Module | None = None
+    coef_targets: Tensor | None = None
+    rep_metrics: dict[str, float] = {}
+    if method == "bregman":
+        report("representation", 0.0, {})
+        exported, coef_source = _fit_or_check_representation(
+            representation, targets, cut, n_components, seed, pca_options, cache, x)
+        coef_targets = coefficients(targets, coef_source)
+        rep_metrics = _representation_metrics(coef_source, exported)
+        report("representation", 1.0, dict(rep_metrics))
+
+    # --- the student and its deployed pipeline ---------------------------------------------------
+    k = int(exported.k) if exported is not None else None
+    width = student_width(method, num_outputs=num_outputs, d=cut.d, k=k)
+    student_module, student_manifest = build_student(student, input_shape, width, seed=seed, device=dev)
+    if method == "bregman":
+        frozen_layer = frozen_copy(exported).float().to(dev)
+        model = DistilledModel(student_module, frozen_layer, frozen_copy(cut.head).to(dev))
+    elif method == "hint":
+        model = DistilledModel(student_module, TransferLayer(cut.transfer), frozen_copy(cut.head).to(dev))
+    else:
+        model = DistilledModel(student_module, output=nn.Softmax(dim=-1) if probabilities else None)
+
+    batch_loss, names = make_batch_loss(method, settings, has_labels=y is not None, transfer=cut.transfer,
+                                        outputs_to_logits=to_logits)
+    available = {"x": x, "y": y, "teacher_logits": teacher_logits, "preactivations": targets.preactivations,
+                 "coefficients": coef_targets}
+    tensors = [available[name] for name in names]
+
+    # --- training: no teacher call from here on ----------------------------------------------------
+    t_train = time.perf_counter()
+    history = train_loop(model, tensors, batch_loss, epochs=epochs, batch_size=batch_size, lr=lr,
+                         weight_decay=weight_decay, optimizer=optimizer, schedule=schedule, seed=seed, device=dev,
+                         progress=progress, phase="train", params=list(student_module.parameters()))
+    train_time = time.perf_counter() - t_train
+
+    # --- evaluation -------------------------------------------------------------------------------
+    report("evaluate", 0.0, {})
+    metrics: dict[str, float] = {}
+    metrics.update(quality_metrics(to_logits(predict(model, x, device=dev)), y, teacher_logits, prefix="transfer_"))
+    if test_x is not None:
+        test_targets = targets_of(test_x)
+        metrics.update(quality_metrics(to_logits(predict(model, test_x, device=dev)), test_y,
+                                       to_logits(test_targets.outputs), prefix="test_"))
+    if measure_latency:
+        metrics.update(cost_metrics(model, teacher_module, x[: min(64, x.shape[0])], student=student_module))
+    else:
+        metrics.update({"parameters": float(parameter_count(model)),
+                        "student_parameters": float(parameter_count(student_module)),
+                        "teacher_parameters": float(parameter_count(teacher_module))})
+    metrics.update(rep_metrics)
+    metrics.update({"n_transfer": float(x.shape[0]), "epochs": float(epochs), "train_time_s": train_time,
+                    "total_time_s": time.perf_counter() - t_start})
+    report("evaluate", 1.0, dict(metrics))
+
+    settings_record = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "weight_decay": weight_decay,
+                       "optimizer": optimizer, "schedule": schedule, "seed": seed,
+                       "n_components": n_components, **settings.for_method(method)}
+    uses_layer = method in LAYER_METHODS
+    return DistillResult(
+        model=model, student=student_module, method=method,
+        layer=cut.layer if uses_layer else None,
+        transfer=cut.transfer.to_dict() if uses_layer else None,
+        k=k, representation=exported, metrics=metrics, history=history, student_manifest=student_manifest,
+        settings=settings_record, input_shape=input_shape, outputs_are_probabilities=probabilities,
+        example_input=x[:2].detach().cpu(),
+    )
+
+
+def _fit_or_check_representation(representation: Any, targets: TeacherTargets, cut: Cut,
+                                  n_components: int | float | None, seed: int,
+                                  pca_options: dict[str, Any] | None, cache: TargetCache | None,
+                                  x: Tensor) -> tuple[nn.Module, Any]:
+    """The exported layer and the object whose projections are the targets."""
+    if representation is not None:
+        exported, source = _representation_parts(representation)
+        if int(exported.d) != cut.d:
+            raise ValueError(f"the representation has d={exported.d} units but layer {cut.layer!r} has "
+                             f"{cut.d}: it was fitted on another layer")
+        if exported.transfer.name != cut.transfer.name:
+            raise ValueError(f"the representation uses the {exported.transfer.name!r} transfer but layer "
+                             f"{cut.layer!r} is distilled with {cut.transfer.name!r}")
+        return exported, source
+    from bregman.pca import BregmanPCA
+
+    share_or_k = DEFAULT_EXPLAINED_DIVERGENCE if n_components is None else n_components
+    options = dict(pca_options or {})
+    a = targets.preactivations
+    # float64 where it is cheap: the fit's normalization and projections are then exact to round-off
+    a_fit = a.double() if a.numel() <= 20_000_000 else a
+
+    def fit() -> Any:
+        return BregmanPCA(cut.transfer, n_components=share_or_k, random_state=seed, **options).fit(a_fit)
+
+    key = ("bregman_pca", cut.layer, cut.transfer.name, share_or_k, seed, tuple(sorted(options.items())))
+    estimator = cache.representation(x, key, fit) if cache is not None else fit()
+    return estimator.export_layer(layer=cut.layer), estimator
+
+
+def _representation_metrics(source: Any, exported: nn.Module) -> dict[str, float]:
+    metrics = {"k": float(exported.k), "d": float(exported.d)}
+    ratio = getattr(source, "explained_divergence_ratio_", None)
+    if ratio is None:
+        ratio = exported.manifest.get("divergence", {}).get("explained_divergence_ratio")
+    if ratio is not None and len(ratio):
+        metrics["explained_divergence"] = float(ratio[-1])
+    divergence = getattr(source, "divergence_", None)
+    if divergence is None:
+        divergence = exported.manifest.get("divergence", {}).get("fit")
+    if divergence is not None:
+        metrics["representation_divergence"] = float(divergence)
+    return metrics

@@ -1,0 +1,196 @@
+"""The teacher's targets of a transfer set, computed once and cached.
+
+One teacher pass over the transfer set gives every target a method needs: the body gives the
+layer's pre-activations ``a``, and the head applied to ``f(a)`` gives the teacher's outputs
+(``head(f(body(x))) == teacher(x)``). The Bregman coefficients are ``representation.transform(a)``.
+A student epoch then reads these tensors and never runs the teacher (inputs are not augmented).
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+from torch import Tensor, nn
+
+from bregman.training import default_device
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class TeacherTargets:
+    """Targets of one transfer set (all on the CPU, rows aligned with the inputs).
+
+    Attributes
+    ----------
+    outputs : Tensor (N, C)
+        The teacher's outputs (logits).
+    preactivations : Tensor (N, d) or None
+        The tapped layer's pre-activations ``a``, flattened per example (None without a layer).
+    coefficients : dict
+        Bregman coefficients (N, k) per representation key (see :func:`representation_key`).
+    """
+
+    outputs: Tensor
+    preactivations: Tensor | None = None
+    coefficients: dict[str, Tensor] = field(default_factory=dict)
+
+    @property
+    def n(self) -> int:
+        return int(self.outputs.shape[0])
+
+
+def fingerprint(x: Tensor) -> str:
+    """A content hash of a tensor (shape, dtype and bytes): the cache key of a transfer set."""
+    x = x.detach().cpu().contiguous()
+    h = hashlib.sha256()
+    h.update(f"{tuple(x.shape)}|{x.dtype}".encode())
+    h.update(x.view(torch.uint8).reshape(-1).numpy().tobytes() if x.numel() else b"")
+    return h.hexdigest()
+
+
+def representation_key(representation: Any) -> str:
+    """A content hash of a representation's mean, directions and transfer."""
+    h = hashlib.sha256()
+    for name in ("mean", "components"):
+        t = _representation_tensor(representation, name)
+        h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    transfer = getattr(representation, "transfer", None) or getattr(representation, "transfer_", None)
+    if transfer is not None:
+        h.update(f"{getattr(transfer, 'name', transfer)}|{sorted(getattr(transfer, 'params', {}).items())}".encode())
+    return h.hexdigest()
+
+
+def _representation_tensor(representation: Any, name: str) -> Tensor:
+    for attr in (name + "_", name):  # a fitted estimator (mean_) or an exported layer (mean)
+        value = getattr(representation, attr, None)
+        if value is not None:
+            return torch.as_tensor(value)
+    raise ValueError(f"the representation {type(representation).__name__} has no {name!r}: pass a fitted "
+                     "BregmanPCA or an ExportedLayer")
+
+
+@torch.no_grad()
+def compute_targets(x: Tensor, *, cut: Any = None, teacher: nn.Module | None = None, batch_size: int = 512,
+                    device: torch.device | str | None = None) -> TeacherTargets:
+    """Run the teacher once over ``x``.
+
+    With a ``cut`` (an object with ``body``, ``transfer``, ``head``): the pre-activations from
+    the body and the outputs from ``head(f(a))``. Without one: the outputs of ``teacher`` only.
+    """
+    if (cut is None) == (teacher is None):
+        raise ValueError("pass exactly one of cut= and teacher=")
+    first = cut.body if cut is not None else teacher
+    dev = torch.device(device) if device is not None else default_device(first)
+    outputs, preacts = [], []
+    for start in range(0, int(x.shape[0]), batch_size):
+        xb = x[start:start + batch_size].to(dev)
+        if cut is not None:
+            a = cut.body(xb)
+            a = a.reshape(a.shape[0], -1)
+            out = cut.head(cut.transfer.f(a))
+            preacts.append(a.float().cpu())
+        else:
+            out = teacher(xb)
+        outputs.append(out.reshape(out.shape[0], -1).float().cpu())
+    if not outputs:
+        raise ValueError("the transfer set is empty: pass at least one example")
+    return TeacherTargets(outputs=torch.cat(outputs), preactivations=torch.cat(preacts) if preacts else None)
+
+
+class TargetCache:
+    """Teacher targets and fitted representations per transfer set, for one teacher.
+
+    Several students distilled from the same teacher on the same inputs (methods, seeds, student
+    sizes) share one teacher pass per layer and one representation fit per setting. Keys are
+    content hashes of the inputs, so a changed transfer set is never served stale targets. A
+    cache belongs to one teacher: :meth:`bind` enforces that.
+
+    Attributes
+    ----------
+    teacher_passes : int
+        How many times the teacher ran over a transfer set (for tests and logs).
+    """
+
+    def __init__(self) -> None:
+        self._targets: dict[tuple[str, Any], TeacherTargets] = {}
+        self._representations: dict[tuple[str, Any], Any] = {}
+        self._owner: int | None = None
+        self.teacher_passes = 0
+
+    def bind(self, teacher: nn.Module) -> None:
+        """Tie the cache to one teacher module (the first call wins)."""
+        if self._owner is None:
+            self._owner = id(teacher)
+        elif self._owner != id(teacher):
+            raise ValueError("this TargetCache holds targets of another teacher: use one cache per teacher")
+
+    def targets(self, x: Tensor, key: Any, compute: Callable[[], TeacherTargets]) -> TeacherTargets:
+        """The targets of ``x`` for ``key`` (e.g. the layer and transfer); ``compute()`` on a miss."""
+        k = (fingerprint(x), key)
+        if k not in self._targets:
+            self._targets[k] = compute()
+            self.teacher_passes += 1
+        return self._targets[k]
+
+    def representation(self, x: Tensor, key: Any, fit: Callable[[], Any]) -> Any:
+        """The representation fitted on ``x`` with settings ``key``; ``fit()`` runs on a miss."""
+        k = (fingerprint(x), key)
+        if k not in self._representations:
+            self._representations[k] = fit()
+        return self._representations[k]
+
+
+def coefficients(targets: TeacherTargets, representation: Any) -> Tensor:
+    """The teacher's Bregman coefficients (N, k) of the cached pre-activations, memoized.
+
+    ``representation`` is a fitted :class:`bregman.pca.BregmanPCA` (its ``transform``) or an
+    :class:`bregman.exported.ExportedLayer` (projected with the same per-row solver).
+    """
+    if targets.preactivations is None:
+        raise ValueError("these targets hold no pre-activations: compute them with a layer cut")
+    key = representation_key(representation)
+    if key not in targets.coefficients:
+        if hasattr(representation, "transform"):
+            # float64: the per-row Newton solves are then exact to round-off whatever the source
+            c = torch.as_tensor(representation.transform(targets.preactivations.double()))
+        else:
+            c = project_onto_layer(representation, targets.preactivations)
+        targets.coefficients[key] = c.float().cpu()
+    return targets.coefficients[key]
+
+
+@torch.no_grad()
+def project_onto_layer(layer: Any, a: Tensor, *, max_steps: int = 50) -> Tensor:
+    """Coefficients of pre-activations ``a`` under a loaded exported layer ``g(c) = f(m + V c)``.
+
+    Solves ``min_c D_F(m + V c, a) + (λ/2)‖c‖²`` per row with the ridge ``λ`` recorded in the
+    layer's manifest: the projection ``BregmanPCA.transform`` computes, for a layer whose
+    estimator is not at hand (e.g. the result of an earlier representation job).
+    """
+    from bregman._pca_solver import PairGram, hessian_at, initial_coefficients, solve_coefficients
+    from bregman.pca import DEFAULT_RIDGE
+
+    transfer = layer.transfer
+    m = layer.mean.detach()
+    V = layer.components.detach().T.contiguous()  # (d, k)
+    if a.shape[1] != V.shape[0]:
+        raise ValueError(f"the exported layer has d={V.shape[0]} units but the pre-activations have {a.shape[1]}: "
+                         "the representation belongs to another layer")
+    X = transfer.remove_gauge(a.to(device=m.device, dtype=torch.float64))
+    m, V = m.double(), V.double()
+    if transfer.name == "identity":
+        return (X - m) @ V
+    ridge = float(layer.manifest.get("ridge", DEFAULT_RIDGE))
+    HV = hessian_at(transfer, m, V)
+    gram = PairGram(V)
+    rows = max(64, (1 << 23) // (X.shape[1] + V.shape[1] ** 2))
+    out = []
+    for s in range(0, X.shape[0], rows):
+        Xb = X[s:s + rows]
+        C0 = initial_coefficients(transfer, Xb, m, V, HV, ridge)
+        out.append(solve_coefficients(transfer, Xb, m, V, ridge, C0, max_steps=max_steps, gram=gram).C)
+    return torch.cat(out)

@@ -1,0 +1,192 @@
+"""The exported layer ``g(c) = f(m + V c)`` (method.md §3): a frozen ``nn.Module``.
+
+Files written by :meth:`ExportedLayer.save` (readable without this project's code):
+
+- ``layer.safetensors``: ``mean`` (d), ``components`` (k, d), and each numeric transfer
+  parameter as a 0-d tensor named ``transfer.<param>`` (e.g. ``transfer.negative_slope``);
+- ``layer.json``: ``format_version``, ``kind``, the transfer (name and parameters), k, d,
+  dtype, the divergence report, ridge, Hessian floor, plus any metadata.
+
+Examples
+--------
+>>> import torch
+>>> from bregman.transfers import get_transfer
+>>> layer = ExportedLayer(torch.zeros(3), torch.eye(2, 3), get_transfer("softmax"))
+>>> layer(torch.zeros(1, 2)).shape
+torch.Size([1, 3])
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from bregman.transfers import Transfer, get_transfer
+
+__all__ = ["ExportedLayer", "ExportedLayerError", "FORMAT_VERSION", "WEIGHTS_FILE", "MANIFEST_FILE"]
+
+FORMAT_VERSION = 1
+WEIGHTS_FILE = "layer.safetensors"
+MANIFEST_FILE = "layer.json"
+_KIND = "bregman_exported_layer"
+
+
+class ExportedLayerError(ValueError):
+    """An exported layer cannot be built or loaded; the message says why."""
+
+
+class ExportedLayer(nn.Module):
+    """Frozen layer ``forward(c) = f(mean + c @ components)``.
+
+    Parameters
+    ----------
+    mean : Tensor of shape (d,)
+    components : Tensor of shape (k, d)
+        Directions as rows.
+    transfer : str or Transfer
+        The layer's transfer function (with its parameters).
+    manifest : dict or None
+        Extra JSON-able description (divergence report, ridge, ...), kept in :attr:`manifest`.
+
+    Attributes
+    ----------
+    transfer : Transfer
+    k : int
+        Number of coefficients the layer takes.
+    d : int
+        Width of its output.
+    manifest : dict
+        Everything ``layer.json`` holds.
+
+    Notes
+    -----
+    ``mean`` and ``components`` are buffers: the layer has no trainable parameters, moves with
+    ``.to(device)`` and survives ``torch.export.export``.
+    """
+
+    def __init__(self, mean: torch.Tensor, components: torch.Tensor, transfer: str | Transfer,
+                 manifest: dict[str, Any] | None = None) -> None:
+        super().__init__()
+        if not isinstance(mean, torch.Tensor) or not isinstance(components, torch.Tensor):
+            raise ExportedLayerError("mean and components must be torch tensors")
+        if mean.ndim != 1 or components.ndim != 2 or components.shape[1] != mean.shape[0]:
+            raise ExportedLayerError(
+                f"mean must be (d,) and components (k, d) with the same d, got {tuple(mean.shape)} and "
+                f"{tuple(components.shape)}"
+            )
+        if mean.dtype != components.dtype or not mean.is_floating_point():
+            raise ExportedLayerError(
+                f"mean and components must share one floating dtype, got {mean.dtype} and {components.dtype}"
+            )
+        self.transfer: Transfer = get_transfer(transfer)
+        self.register_buffer("mean", mean.detach().clone())
+        self.register_buffer("components", components.detach().clone())
+        self.k = int(components.shape[0])
+        self.d = int(components.shape[1])
+        base = dict(manifest or {})
+        base.update({
+            "format_version": FORMAT_VERSION,
+            "kind": _KIND,
+            "transfer": self.transfer.to_dict(),
+            "k": self.k,
+            "d": self.d,
+            "dtype": str(mean.dtype).replace("torch.", ""),
+        })
+        base.setdefault("hessian_floor", float(self.transfer.hessian_floor))
+        self.manifest: dict[str, Any] = base
+
+    def forward(self, c: torch.Tensor) -> torch.Tensor:
+        """Layer outputs ``f(mean + c @ components)`` for coefficients c of shape (B, k)."""
+        return self.transfer.f(self.mean + c @ self.components)
+
+    def preactivation(self, c: torch.Tensor) -> torch.Tensor:
+        """Reconstructed pre-activations ``mean + c @ components`` (B, d)."""
+        return self.mean + c @ self.components
+
+    def extra_repr(self) -> str:
+        return f"k={self.k}, d={self.d}, transfer={self.transfer!r}"
+
+    # --- files ----------------------------------------------------------------------------
+    def save(self, directory: str | Path) -> Path:
+        """Write ``layer.safetensors`` and ``layer.json`` into ``directory`` (created if needed)."""
+        from safetensors.torch import save_file
+
+        out = Path(directory)
+        out.mkdir(parents=True, exist_ok=True)
+        tensors = {
+            "mean": self.mean.detach().cpu().contiguous(),
+            "components": self.components.detach().cpu().contiguous(),
+        }
+        for name, value in self.transfer.params.items():
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                tensors[f"transfer.{name}"] = torch.tensor(float(value), dtype=torch.float64)
+        save_file(tensors, str(out / WEIGHTS_FILE), metadata={"format_version": str(FORMAT_VERSION), "kind": _KIND})
+        (out / MANIFEST_FILE).write_text(json.dumps(_jsonable(self.manifest), indent=2, sort_keys=True))
+        return out
+
+    @classmethod
+    def load(cls, directory: str | Path, *, device: str | torch.device | None = None) -> "ExportedLayer":
+        """Load a layer written by :meth:`save` (bit-exact)."""
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        src = Path(directory)
+        weights, manifest_path = src / WEIGHTS_FILE, src / MANIFEST_FILE
+        missing = [p.name for p in (weights, manifest_path) if not p.is_file()]
+        if missing:
+            raise ExportedLayerError(
+                f"{src} is not an exported layer: missing {', '.join(missing)} (expected {WEIGHTS_FILE} "
+                f"and {MANIFEST_FILE}, as written by ExportedLayer.save)"
+            )
+        try:
+            manifest = json.loads(manifest_path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise ExportedLayerError(f"{manifest_path} is not valid JSON: {exc}") from None
+        if not isinstance(manifest, dict) or manifest.get("kind") != _KIND:
+            raise ExportedLayerError(f"{manifest_path} does not describe an exported Bregman layer")
+        version = manifest.get("format_version")
+        if version != FORMAT_VERSION:
+            raise ExportedLayerError(
+                f"{manifest_path} has format_version {version!r}; this library reads version {FORMAT_VERSION}"
+            )
+        try:
+            tensors = load_file(str(weights), device="cpu")
+        except (SafetensorError, OSError) as exc:
+            raise ExportedLayerError(f"{weights} is not a readable safetensors file: {exc}") from None
+        for key in ("mean", "components"):
+            if key not in tensors:
+                raise ExportedLayerError(f"{weights} lacks the tensor {key!r}")
+        transfer = Transfer.from_dict(manifest["transfer"])
+        for name, value in transfer.params.items():
+            stored = tensors.get(f"transfer.{name}")
+            if stored is not None and float(stored) != float(value):
+                raise ExportedLayerError(
+                    f"transfer parameter {name} differs between {WEIGHTS_FILE} ({float(stored)}) and "
+                    f"{MANIFEST_FILE} ({value}); the files do not belong together"
+                )
+        layer = cls(tensors["mean"], tensors["components"], transfer, manifest=manifest)
+        if layer.k != manifest.get("k", layer.k) or layer.d != manifest.get("d", layer.d):
+            raise ExportedLayerError(
+                f"{weights} holds k={layer.k}, d={layer.d} but {MANIFEST_FILE} says k={manifest.get('k')}, "
+                f"d={manifest.get('d')}"
+            )
+        return layer.to(device) if device is not None else layer
+
+
+def _jsonable(value: Any) -> Any:
+    """Plain JSON types; non-finite floats become None (JSON has no NaN)."""
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, bool) or value is None or isinstance(value, (int, str)):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if hasattr(value, "item"):
+        return _jsonable(value.item())
+    return str(value)

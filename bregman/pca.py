@@ -1,0 +1,531 @@
+"""Bregman PCA: a layer's pre-activations as a mean plus k directions in the layer's geometry.
+
+Given pre-activations ``a_1 … a_N`` of one layer (d units) with transfer function ``f = ∇F``,
+:class:`BregmanPCA` finds a mean ``m``, directions ``V`` (d×k) and coefficients ``c_n`` that
+minimize ``Σ_n D_F(m + V c_n, a_n)`` (method.md §2), normalized so that
+``Vᵀ ∇²F(m) V = I`` and ordered by mean squared coefficient.
+
+This module needs only torch and numpy (no scikit-learn, no scipy).
+
+Examples
+--------
+>>> import numpy as np
+>>> rng = np.random.default_rng(0)
+>>> A = rng.normal(size=(200, 6)) @ rng.normal(size=(6, 6))
+>>> est = BregmanPCA("sigmoid", n_components=2, random_state=0).fit(A)
+>>> est.transform(A).shape
+(200, 2)
+>>> bool(est.divergence_ <= est.pca_divergence_)
+True
+"""
+from __future__ import annotations
+
+import logging
+import math
+import numbers
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+
+from bregman._arrays import InputValidationError, RowSource, output_like, to_tensor_2d
+from bregman._pca_solver import (
+    BregmanSolver,
+    Moments,
+    PairGram,
+    SolverOptions,
+    hessian_at,
+    initial_coefficients,
+    moments,
+    solve_coefficients,
+    top_eigenvectors,
+)
+from bregman.transfers import Transfer, get_transfer
+
+__all__ = ["BregmanPCA", "BregmanPCAError", "NotFittedError"]
+
+logger = logging.getLogger(__name__)
+
+#: With a float ``n_components``, the candidate fit uses at most this many directions.
+MAX_AUTO_COMPONENTS = 64
+#: Default ridge ``λ`` on the coefficients (in the normalized metric ``Vᵀ∇²F(m)V = I``).
+DEFAULT_RIDGE = 1e-7
+
+
+class BregmanPCAError(ValueError):
+    """Invalid estimator parameters or data; the message says what to change."""
+
+
+class NotFittedError(BregmanPCAError, AttributeError):
+    """The estimator is used before ``fit``."""
+
+
+def _check_ridge(ridge: Any) -> float:
+    if isinstance(ridge, bool) or not isinstance(ridge, numbers.Real) or not math.isfinite(ridge) or ridge < 0:
+        raise BregmanPCAError(f"ridge must be a finite number >= 0, got {ridge!r}; the default is {DEFAULT_RIDGE}")
+    return float(ridge)
+
+
+class BregmanPCA:
+    """Bregman PCA of a layer's pre-activations (scikit-learn style estimator).
+
+    Parameters
+    ----------
+    transfer : str or Transfer, default "identity"
+        The layer's transfer function: ``"identity"``, ``"leaky_relu"``, ``"relu"``,
+        ``"sigmoid"``, ``"tanh"``, ``"softmax"``, or a configured object such as
+        ``get_transfer("leaky_relu", negative_slope=0.2)``. Non-monotone activations (GELU,
+        SiLU, ...) raise :class:`bregman.transfers.NonMonotoneTransferError`.
+    n_components : int or float, default 2
+        Number of directions k (``1 <= k < d`` and ``k < N``), or a float in (0, 1): the
+        smallest k whose directions remove at least that share of the mean-only model's
+        divergence (searched up to ``min(d - 1, N - 1, 64)``; see
+        ``explained_divergence_ratio_``).
+    mean : {"joint", "centroid"}, default "joint"
+        ``"joint"`` optimizes the mean with the directions (the fit then never ends above
+        Euclidean PCA's divergence); ``"centroid"`` holds it at the dual-space centroid
+        ``f⁻¹(mean f(a))`` (the paper's choice; needs an invertible transfer, so not ReLU).
+    ridge : float, default 1e-7
+        ``λ`` of the penalty ``(λ/2)‖c‖²`` on the coefficients, in the normalized metric
+        (where ``D_F ≈ ½‖Δc‖²`` near the mean, so λ is dimensionless). It keeps every
+        projection unique and bounded (near one-hot softmax rows); its effect on the
+        divergence is far below 0.1 % relative. Not used by the identity transfer, whose
+        projections are always bounded (``ridge_ = 0`` there).
+    max_iter : int, default 100
+        Maximum number of outer iterations (each: a coefficient step and a direction step).
+    tol : float, default 1e-5
+        Stop when an outer iteration lowers the objective by less than this fraction.
+    newton_steps : int, default 5
+        Newton steps per row and outer iteration in the coefficient step during the fit.
+    polish_steps : int, default 50
+        Newton steps per row for ``transform`` and for the fit's final coefficients (rows stop
+        earlier once converged).
+    batch_size : int or None
+        Rows per processing block (default: about 8 million elements per work array).
+    device : str, torch.device or None
+        Where to compute (default: the data's device; numpy input: CPU).
+    random_state : int or None
+        Seed for the only random choice: completing directions the data leave undetermined.
+    callback : callable or None
+        Called after every outer iteration with a dict ``{"iteration", "elapsed_s",
+        "divergence", "objective", "newton_iterations"}``; returning True stops the fit; an
+        exception raised in it aborts the fit.
+    transfer_params : dict or None
+        Parameters for a transfer given by name, e.g. ``{"negative_slope": 0.2}``.
+
+    Attributes
+    ----------
+    transfer_ : Transfer
+        The resolved transfer function.
+    mean_ : ndarray or Tensor of shape (d,)
+        The mean ``m`` (softmax: the sum-zero representative). Same type/device as the fit input.
+    components_ : ndarray or Tensor of shape (k, d)
+        Directions as rows (``Vᵀ``), with ``V ᵀ∇²F(m) V = I`` and decreasing mean squared coefficient.
+    n_components_ : int
+        k.
+    n_features_in_ : int
+        d.
+    n_samples_seen_ : int
+        N.
+    divergence_ : float
+        Mean divergence ``(1/N) Σ D_F(m + V c_n, a_n)`` on the training data at the end of the
+        fit (ridge excluded).
+    pca_divergence_ : float
+        Mean divergence of Euclidean PCA with the same k on the same data (its mean and
+        directions, orthogonal projection of the pre-activations).
+    mean_only_divergence_ : float
+        Mean divergence of the mean-only model (``c = 0``).
+    divergence_by_component_ : ndarray of shape (k,)
+        Mean divergence with the first j directions (coefficients re-projected), j = 1..k.
+    explained_divergence_ratio_ : ndarray of shape (k,)
+        **Cumulative**: entry j-1 is the share ``(D0 − D_j) / D0`` of the mean-only divergence
+        ``D0`` removed by the first j directions, so ``[-1]`` is the share explained by all k.
+        Non-decreasing up to solver tolerance.
+    ridge_ : float
+        The ridge actually used.
+    hessian_floor_ : float
+        Floor applied to the Hessian diagonal (ReLU), else 0.
+    n_iter_ : int
+        Outer iterations run (0 for the identity transfer, which is solved in closed form).
+    converged_ : bool
+        Whether the relative-decrease test was met.
+    history_ : list of dict
+        One entry per outer iteration: ``iteration``, ``elapsed_s`` (since ``fit`` started),
+        ``divergence``, ``objective``, ``newton_iterations``.
+    fit_time_s_ : float
+        Wall-clock seconds of the fit.
+
+    Examples
+    --------
+    >>> import torch
+    >>> logits = torch.randn(500, 10, dtype=torch.float64) * 3
+    >>> est = BregmanPCA("softmax", n_components=3).fit(logits)
+    >>> C = est.transform(logits)                     # (500, 3) tensor
+    >>> probs = est.reconstruct(C)                     # softmax(m + V c)
+    >>> layer = est.export_layer()                     # nn.Module: c -> f(m + V c)
+    """
+
+    def __init__(
+        self,
+        transfer: str | Transfer = "identity",
+        n_components: int | float = 2,
+        *,
+        mean: str = "joint",
+        ridge: float = DEFAULT_RIDGE,
+        max_iter: int = 100,
+        tol: float = 1e-5,
+        newton_steps: int = 5,
+        polish_steps: int = 50,
+        batch_size: int | None = None,
+        device: str | torch.device | None = None,
+        random_state: int | None = None,
+        callback: Callable[[dict[str, float]], Any] | None = None,
+        transfer_params: dict[str, Any] | None = None,
+    ) -> None:
+        self.transfer = transfer
+        self.n_components = n_components
+        self.mean = mean
+        self.ridge = ridge
+        self.max_iter = max_iter
+        self.tol = tol
+        self.newton_steps = newton_steps
+        self.polish_steps = polish_steps
+        self.batch_size = batch_size
+        self.device = device
+        self.random_state = random_state
+        self.callback = callback
+        self.transfer_params = transfer_params
+
+    # --- scikit-learn protocol ----------------------------------------------------------------
+    _PARAMS = ("transfer", "n_components", "mean", "ridge", "max_iter", "tol", "newton_steps",
+               "polish_steps", "batch_size", "device", "random_state", "callback", "transfer_params")
+
+    def get_params(self, deep: bool = True) -> dict[str, Any]:
+        """Constructor parameters (scikit-learn protocol)."""
+        return {name: getattr(self, name) for name in self._PARAMS}
+
+    def set_params(self, **params: Any) -> "BregmanPCA":
+        """Set constructor parameters (scikit-learn protocol)."""
+        for name, value in params.items():
+            if name not in self._PARAMS:
+                raise BregmanPCAError(f"unknown parameter {name!r}; valid: {', '.join(self._PARAMS)}")
+            setattr(self, name, value)
+        return self
+
+    def __repr__(self) -> str:
+        t = self.transfer if isinstance(self.transfer, str) else repr(self.transfer)
+        return f"BregmanPCA(transfer={t!r}, n_components={self.n_components!r}, mean={self.mean!r})"
+
+    # --- validation -------------------------------------------------------------------------
+    def _resolve_transfer(self) -> Transfer:
+        return get_transfer(self.transfer, **(self.transfer_params or {}))
+
+    def _check_params(self, transfer: Transfer) -> None:
+        if self.mean not in ("joint", "centroid"):
+            raise BregmanPCAError(f"mean must be 'joint' or 'centroid', got {self.mean!r}")
+        if self.mean == "centroid" and not transfer.invertible:
+            raise BregmanPCAError(
+                f"mean='centroid' needs f⁻¹ to map the output-space average back, and {transfer.name} "
+                "is not invertible; use mean='joint' (the default)"
+            )
+        _check_ridge(self.ridge)
+        for name in ("max_iter", "newton_steps", "polish_steps"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 1:
+                raise BregmanPCAError(f"{name} must be a positive integer, got {v!r}")
+        if isinstance(self.tol, bool) or not isinstance(self.tol, numbers.Real) or not self.tol >= 0:
+            raise BregmanPCAError(f"tol must be a number >= 0, got {self.tol!r}")
+        if self.batch_size is not None and (
+            isinstance(self.batch_size, bool) or not isinstance(self.batch_size, numbers.Integral) or self.batch_size < 1
+        ):
+            raise BregmanPCAError(f"batch_size must be a positive integer or None, got {self.batch_size!r}")
+        if self.callback is not None and not callable(self.callback):
+            raise BregmanPCAError("callback must be callable (it receives one dict per iteration)")
+
+    def _check_n_components(self, n: int, d: int, transfer: Transfer) -> tuple[int | None, float | None]:
+        """(k, None) for an integer, (None, share) for a float."""
+        nc = self.n_components
+        if transfer.name == "softmax" and d < 2:
+            raise BregmanPCAError(
+                f"softmax over d={d} unit is constant (always 1): tap a layer with at least 2 units"
+            )
+        if isinstance(nc, bool) or not isinstance(nc, numbers.Real):
+            raise BregmanPCAError(f"n_components must be an int >= 1 or a float in (0, 1), got {nc!r}")
+        if isinstance(nc, numbers.Integral):
+            k = int(nc)
+            if k < 1:
+                raise BregmanPCAError(f"n_components must be >= 1, got {k}")
+            if k >= d:
+                raise BregmanPCAError(
+                    f"n_components={k} must be smaller than the number of features d={d}: with k >= d the "
+                    "representation is not a compression; choose k < d"
+                )
+            if k >= n:
+                raise BregmanPCAError(
+                    f"n_components={k} needs more samples than components, got N={n}; pass at least "
+                    f"{k + 1} rows or lower n_components"
+                )
+            return k, None
+        share = float(nc)
+        if not 0 < share < 1:
+            raise BregmanPCAError(
+                f"a float n_components is a share of divergence to explain and must lie in (0, 1), got "
+                f"{nc!r}; pass an int for a fixed number of components"
+            )
+        if min(d - 1, n - 1) < 1:
+            raise BregmanPCAError(f"cannot fit any component with N={n} samples and d={d} features")
+        return None, share
+
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "_V"):
+            raise NotFittedError("this BregmanPCA is not fitted yet; call fit(A) first")
+
+    # --- fitting ------------------------------------------------------------------------------
+    def fit(self, A: Any, y: Any = None) -> "BregmanPCA":
+        """Fit on pre-activations.
+
+        Parameters
+        ----------
+        A : (N, d) Tensor or ndarray, numpy memmap, or re-iterable of (rows, d) chunks
+            Pre-activations of the layer. A list of chunks, a memmap or any object whose
+            ``__iter__`` returns a fresh iterator is read block by block (memory then grows with
+            the chunk size, not with N; coefficients between passes go to a temporary file).
+            One-shot generators are refused (the fit reads the data several times).
+        y : ignored
+
+        Returns
+        -------
+        self
+        """
+        self._fit(A)
+        return self
+
+    def fit_transform(self, A: Any, y: Any = None) -> Any:
+        """Fit, then return the fit's own coefficients of the training rows (N, k).
+
+        For chunked input the coefficients are recomputed with :meth:`transform` per chunk and
+        concatenated (so they must fit in memory).
+        """
+        self._fit(A)
+        if self._train_coefficients is not None:
+            C = self._train_coefficients
+            self._train_coefficients = None
+            return output_like(C, self._output_kind)
+        src = RowSource(A, device=self.device, block_rows=self.batch_size)
+        parts = [self._transform_tensor(X) for _, X in src.blocks()]
+        return output_like(torch.cat(parts), self._output_kind)
+
+    def _fit(self, A: Any) -> None:
+        import time
+
+        t0 = time.perf_counter()
+        transfer = self._resolve_transfer()
+        self._check_params(transfer)
+        src = RowSource(A, device=self.device, block_rows=self.batch_size)
+        k, share = self._check_n_components(src.n_rows, src.d, transfer)
+        generator = torch.Generator().manual_seed(0 if self.random_state is None else int(self.random_state))
+        mom = moments(src, transfer)
+        ridge = 0.0 if transfer.name == "identity" else _check_ridge(self.ridge)
+        opts = SolverOptions(
+            ridge=ridge, max_iter=int(self.max_iter), tol=float(self.tol), newton_steps=int(self.newton_steps),
+            polish_steps=int(self.polish_steps), joint_mean=self.mean == "joint", callback=self.callback,
+            generator=generator,
+        )
+        if transfer.name == "identity":
+            self._fit_identity(mom, k, share, generator, transfer)
+            self._train_coefficients = None
+        else:
+            if k is None:
+                k_max = min(src.d - 1, src.n_rows - 1, MAX_AUTO_COMPONENTS)
+                res = BregmanSolver(src, transfer, k_max, opts).run(mom)
+                ratios = self._ratios(res.mean_only_divergence, res.divergence_by_k)
+                reached = np.nonzero(ratios >= share - 1e-12)[0]
+                if reached.size == 0:
+                    logger.warning("n_components=%s: %d components explain only %.4f; using %d",
+                                   share, k_max, ratios[-1], k_max)
+                    k = k_max
+                else:
+                    k = int(reached[0]) + 1
+                if k < k_max:
+                    res = BregmanSolver(src, transfer, k, opts).run(mom, init=(res.mean, res.V[:, :k]))
+            else:
+                res = BregmanSolver(src, transfer, k, opts).run(mom)
+            self._store_result(res, transfer, ridge)
+        self.transfer_ = transfer
+        self.n_components_ = int(self._V.shape[1])
+        self.n_features_in_ = src.d
+        self.n_samples_seen_ = src.n_rows
+        self.ridge_ = ridge
+        self.hessian_floor_ = float(transfer.hessian_floor)
+        self._output_kind = src.output_kind
+        self._dtype = src.dtype
+        self._device = src.device
+        self.fit_time_s_ = time.perf_counter() - t0
+
+    @staticmethod
+    def _ratios(d0: float, by_k: list[float]) -> np.ndarray:
+        if d0 <= 0:
+            return np.ones(len(by_k))
+        return np.array([(d0 - dj) / d0 for dj in by_k], dtype=np.float64)
+
+    def _store_result(self, res: Any, transfer: Transfer, ridge: float) -> None:
+        self._m, self._V = res.mean, res.V
+        self.divergence_ = float(res.divergence)
+        self.pca_divergence_ = float(res.pca_divergence)
+        self.init_divergence_ = float(res.init_divergence)
+        self.mean_only_divergence_ = float(res.mean_only_divergence)
+        self.divergence_by_component_ = np.asarray(res.divergence_by_k, dtype=np.float64)
+        self.explained_divergence_ratio_ = self._ratios(res.mean_only_divergence, res.divergence_by_k)
+        self.n_iter_ = int(res.n_iter)
+        self.converged_ = bool(res.converged)
+        self.history_ = res.history
+        self._train_coefficients = res.coefficients
+
+    def _fit_identity(self, mom: Moments, k: int | None, share: float | None, generator: torch.Generator,
+                      transfer: Transfer) -> None:
+        """Closed form: Euclidean PCA by an eigendecomposition of the scatter matrix."""
+        n = mom.n
+        ev_all = torch.linalg.eigvalsh(mom.scatter).flip(0).clamp_min(0) if k is None else None
+        if k is None:
+            cum = torch.cumsum(ev_all, 0) / ev_all.sum().clamp_min(torch.finfo(ev_all.dtype).tiny)
+            k_max = min(mom.scatter.shape[0] - 1, n - 1)
+            hits = torch.nonzero(cum[:k_max] >= share - 1e-12)
+            k = int(hits[0]) + 1 if hits.numel() else k_max
+        V, ev = top_eigenvectors(mom.scatter, k, transfer, generator)
+        ev = ev.clamp_min(0)
+        total = float(ev.sum())
+        tail = torch.flip(torch.cumsum(torch.flip(ev, [0]), 0), [0])  # tail[j] = Σ_{i >= j} ev_i
+        by_k = [0.5 * float(tail[j]) / n if j < ev.numel() else 0.0 for j in range(1, k + 1)]
+        self._m, self._V = mom.mean, V
+        self.divergence_ = by_k[-1]
+        self.pca_divergence_ = by_k[-1]
+        self.init_divergence_ = by_k[-1]
+        self.mean_only_divergence_ = 0.5 * total / n
+        self.divergence_by_component_ = np.asarray(by_k)
+        self.explained_divergence_ratio_ = self._ratios(self.mean_only_divergence_, by_k)
+        self.n_iter_ = 0
+        self.converged_ = True
+        self.history_ = []
+
+    # --- projection and reconstruction --------------------------------------------------------
+    def _params_on(self, device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        return self._m.to(device=device, dtype=dtype), self._V.to(device=device, dtype=dtype)
+
+    def _transform_tensor(self, X: torch.Tensor) -> torch.Tensor:
+        tr = self.transfer_
+        X = tr.remove_gauge(X)
+        m, V = self._params_on(X.device, X.dtype)
+        if tr.name == "identity":
+            return (X - m) @ V
+        HV = hessian_at(tr, m, V)
+        gram = PairGram(V)
+        rows = max(64, (1 << 23) // (X.shape[1] + V.shape[1] ** 2))
+        out = []
+        for s in range(0, X.shape[0], rows):
+            Xb = X[s : s + rows]
+            C0 = initial_coefficients(tr, Xb, m, V, HV, self.ridge_)
+            res = solve_coefficients(tr, Xb, m, V, self.ridge_, C0, max_steps=int(self.polish_steps), gram=gram)
+            out.append(res.C)
+        return torch.cat(out) if out else X.new_zeros(0, V.shape[1])
+
+    def _input(self, A: Any, name: str = "A") -> torch.Tensor:
+        t = to_tensor_2d(A, name=name, columns=self.n_features_in_)
+        target_device = t.device if isinstance(A, torch.Tensor) else self._device
+        return t.to(target_device)
+
+    def transform(self, A: Any) -> Any:
+        """Coefficients (N, k) of pre-activations A: the coefficient step with ``m, V`` fixed.
+
+        Each row solves ``min_c D_F(m + V c, a) + (λ/2)‖c‖²`` (a strictly convex problem, so the
+        answer does not depend on where the solver starts). Output type follows A (numpy in,
+        numpy out; a tensor stays on its device).
+        """
+        self._check_fitted()
+        X = self._input(A)
+        return output_like(self._transform_tensor(X), A)
+
+    def inverse_transform(self, C: Any) -> Any:
+        """Reconstructed pre-activations ``m + V c`` (N, d) for coefficients C (N, k)."""
+        self._check_fitted()
+        Ct = to_tensor_2d(C, name="C", columns=self.n_components_)
+        Ct = Ct.to(Ct.device if isinstance(C, torch.Tensor) else self._device)
+        m, V = self._params_on(Ct.device, Ct.dtype)
+        return output_like(m + Ct @ V.T, C)
+
+    def reconstruct(self, C: Any) -> Any:
+        """Reconstructed layer outputs ``f(m + V c)`` (N, d) for coefficients C (N, k)."""
+        self._check_fitted()
+        Ct = to_tensor_2d(C, name="C", columns=self.n_components_)
+        Ct = Ct.to(Ct.device if isinstance(C, torch.Tensor) else self._device)
+        m, V = self._params_on(Ct.device, Ct.dtype)
+        return output_like(self.transfer_.f(m + Ct @ V.T), C)
+
+    def score(self, A: Any, y: Any = None) -> float:
+        """Mean divergence ``(1/N) Σ D_F(m + V c_n, a_n)`` of A's own projections.
+
+        Lower is better (unlike scikit-learn's score convention, this is a loss).
+        """
+        self._check_fitted()
+        X = self.transfer_.remove_gauge(self._input(A))
+        C = self._transform_tensor(X)
+        m, V = self._params_on(X.device, X.dtype)
+        return float(self.transfer_.divergence(m + C @ V.T, X).mean())
+
+    def divergence(self, A: Any, C: Any) -> Any:
+        """Per-row divergence ``D_F(m + V c_n, a_n)`` of given coefficients (N,)."""
+        self._check_fitted()
+        X = self.transfer_.remove_gauge(self._input(A))
+        Ct = to_tensor_2d(C, name="C", columns=self.n_components_).to(X.device, X.dtype)
+        m, V = self._params_on(X.device, X.dtype)
+        return output_like(self.transfer_.divergence(m + Ct @ V.T, X), A)
+
+    # --- learned attributes in the input's type -------------------------------------------------
+    @property
+    def mean_(self) -> Any:
+        self._check_fitted()
+        return output_like(self._m, self._output_kind)
+
+    @property
+    def components_(self) -> Any:
+        self._check_fitted()
+        return output_like(self._V.T.contiguous(), self._output_kind)
+
+    # --- export -------------------------------------------------------------------------------
+    def manifest(self) -> dict[str, Any]:
+        """JSON-able description of the fitted representation (used by :meth:`export_layer`)."""
+        self._check_fitted()
+        return {
+            "transfer": self.transfer_.to_dict(),
+            "k": self.n_components_,
+            "d": self.n_features_in_,
+            "n_samples": self.n_samples_seen_,
+            "mean_mode": self.mean,
+            "ridge": self.ridge_,
+            "hessian_floor": self.hessian_floor_,
+            "dtype": str(self._dtype).replace("torch.", ""),
+            "divergence": {
+                "fit": self.divergence_,
+                "euclidean_pca": self.pca_divergence_,
+                "mean_only": self.mean_only_divergence_,
+                "by_component": [float(v) for v in self.divergence_by_component_],
+                "explained_divergence_ratio": [float(v) for v in self.explained_divergence_ratio_],
+            },
+            "n_iter": self.n_iter_,
+            "converged": self.converged_,
+        }
+
+    def export_layer(self, **metadata: Any) -> "Any":
+        """The fitted representation as a frozen :class:`bregman.exported.ExportedLayer`.
+
+        Keyword arguments (JSON-able, e.g. ``teacher_sha256=...``, ``layer="2"``) are added to
+        the layer's manifest under ``"metadata"``.
+        """
+        from bregman.exported import ExportedLayer
+
+        self._check_fitted()
+        manifest = self.manifest()
+        if metadata:
+            manifest["metadata"] = dict(metadata)
+        return ExportedLayer(self._m.detach().clone(), self._V.T.detach().clone().contiguous(), self.transfer_,
+                             manifest=manifest)

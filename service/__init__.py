@@ -1,0 +1,1 @@
+"""The FastAPI front end: validates, stores and answers; never runs a user's model."""

@@ -1,0 +1,1 @@
+"""Thin route modules: parse, call storage/validation, serialize."""

@@ -1,0 +1,161 @@
+"""Full validation of a job spec against the records, before anything is queued.
+
+Checks: the teacher exists for this tenant and is inspected; the data set exists (or is a
+built-in) and its inputs fit the teacher; the layer exists and can be tapped; the transfer is
+monotone; k fits the layer and the data; a named representation job is this tenant's, finished,
+and of the same teacher. Every failure is a 422 naming the field.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from api_schemas import DistillationSpec, RepresentationSpec
+from service.errors import unprocessable
+from storage.models import Dataset, Job, Teacher
+
+
+
+@dataclass
+class ValidatedJob:
+    teacher: Teacher
+    dataset: Dataset
+    layer: dict[str, Any]
+    n_components: int | None
+
+
+def _teacher(db: Session, tenant: str, teacher_id: str) -> Teacher:
+    t = db.get(Teacher, teacher_id)
+    if t is None or t.tenant != tenant:
+        raise unprocessable("teacher_id", f"teacher '{teacher_id}' not found; upload it with POST /v1/teachers")
+    if t.status == "inspecting":
+        raise unprocessable("teacher_id", f"teacher '{t.id}' is still being inspected; retry when its status is ready")
+    if t.status != "ready":
+        raise unprocessable("teacher_id", f"teacher '{t.id}' failed inspection ({t.error}); upload a loadable teacher")
+    return t
+
+
+def _dataset(db: Session, tenant: str, ref: str, teacher: Teacher) -> Dataset:
+    d = db.get(Dataset, ref)
+    if d is None or (d.tenant is not None and d.tenant != tenant):
+        raise unprocessable("dataset", f"data set '{ref}' not found; name an uploaded data set's id or a built-in (GET /v1/datasets)")
+    if d.status == "inspecting":
+        raise unprocessable("dataset", f"data set '{d.id}' is still being inspected; retry when its status is ready")
+    if d.status != "ready":
+        raise unprocessable("dataset", f"data set '{d.id}' failed inspection ({d.error})")
+    if teacher.input_shape is not None and d.input_shape is not None and list(d.input_shape) != list(teacher.input_shape):
+        raise unprocessable(
+            "dataset",
+            f"data set '{d.id}' has inputs of shape {list(d.input_shape)} per example but teacher '{teacher.id}' "
+            f"expects {list(teacher.input_shape)}; use a data set with matching inputs",
+        )
+    return d
+
+
+def _layer(teacher: Teacher, path: str, field: str = "layer") -> dict[str, Any]:
+    layers = teacher.layers or []
+    by_path = {str(layer["path"]): layer for layer in layers}
+    tappable = [p for p, layer in by_path.items() if layer.get("tappable")]
+    if path not in by_path:
+        raise unprocessable(
+            field, f"layer '{path}' does not exist in teacher '{teacher.id}'; tappable layers: {', '.join(tappable) or 'none'}"
+        )
+    layer = by_path[path]
+    if not layer.get("tappable"):
+        reason = layer.get("reason") or "it cannot be tapped"
+        raise unprocessable(
+            field, f"layer '{path}' cannot be tapped: {reason}; tappable layers: {', '.join(tappable) or 'none'}"
+        )
+    return layer
+
+
+NON_MONOTONE = ("gelu", "silu", "swish", "mish", "hardswish", "elu_nonmonotone")
+
+
+def _transfer(name: str, layer: dict[str, Any], field: str = "transfer") -> str:
+    """The normalized choice: ``auto``, ``listed`` or ``softmax`` (a named transfer must be the listed one)."""
+    listed = layer.get("transfer")
+    path = layer.get("path")
+    if name in ("auto", "listed"):
+        return name
+    if name == "softmax":
+        if listed not in (None, "identity"):
+            raise unprocessable(
+                field,
+                f"the softmax transfer applies only at the teacher's output layer (its logits); layer "
+                f"'{path}' is followed by {listed!r}: use auto or listed",
+            )
+        return name
+    if name == listed:
+        return "listed"
+    if name in NON_MONOTONE:
+        raise unprocessable(
+            field,
+            f"transfer '{name}' is not monotone, so it has no convex potential and no Bregman divergence; "
+            "tap a neighbouring layer whose transfer is monotone",
+        )
+    raise unprocessable(
+        field,
+        f"layer '{path}' is followed by {listed!r}, not {name!r}: a layer's divergence is defined by its own "
+        f"transfer; use auto, listed or {listed}",
+    )
+
+
+def _k_fits(k: int | None, layer: dict[str, Any], dataset: Dataset, max_rows: int | None, field: str = "n_components") -> None:
+    if k is None:
+        return
+    d = int(layer.get("d") or 0)
+    if d and k >= d:
+        raise unprocessable(
+            field, f"n_components={k} is too large for layer '{layer.get('path')}' with d={d} units; choose k between 1 and {d - 1}"
+        )
+    rows = dataset.n_train
+    if rows is not None and max_rows is not None:
+        rows = min(rows, max_rows)
+    if rows is not None and k >= rows:
+        raise unprocessable(field, f"n_components={k} needs more training rows than components ({rows} rows); choose k < {rows}")
+
+
+def validate_representation(db: Session, tenant: str, spec: RepresentationSpec) -> ValidatedJob:
+    teacher = _teacher(db, tenant, spec.teacher_id)
+    dataset = _dataset(db, tenant, spec.dataset, teacher)
+    layer = _layer(teacher, spec.layer)
+    spec.transfer = _transfer(spec.transfer, layer)
+    _k_fits(spec.n_components, layer, dataset, spec.budget.max_train_rows)
+    return ValidatedJob(teacher, dataset, layer, spec.n_components)
+
+
+def validate_distillation(
+    db: Session, tenant: str, spec: DistillationSpec, capabilities: dict[str, Any] | None = None
+) -> ValidatedJob:
+    teacher = _teacher(db, tenant, spec.teacher_id)
+    dataset = _dataset(db, tenant, spec.dataset, teacher)
+    k = spec.n_components
+    if spec.representation_job_id is not None:
+        rep = db.get(Job, spec.representation_job_id)
+        if rep is None or rep.tenant != tenant or rep.kind != "representation":
+            raise unprocessable("representation_job_id", f"representation job '{spec.representation_job_id}' not found")
+        if rep.state != "succeeded":
+            raise unprocessable(
+                "representation_job_id",
+                f"representation job '{rep.id}' is {rep.state}; distill through a succeeded representation job",
+            )
+        if rep.teacher_id != teacher.id:
+            raise unprocessable(
+                "representation_job_id", f"representation job '{rep.id}' was fitted on teacher '{rep.teacher_id}', not '{teacher.id}'"
+            )
+        if k is not None:
+            raise unprocessable("n_components", "k comes from the representation job; leave n_components unset")
+        layer = _layer(teacher, str(rep.spec["layer"]), field="representation_job_id")
+    else:
+        layer = _layer(teacher, str(spec.layer))
+        spec.transfer = _transfer(spec.transfer, layer)
+        _k_fits(k, layer, dataset, spec.budget.max_train_rows)
+    if dataset.has_labels is False and ("labels" in spec.methods):
+        raise unprocessable("methods", f"data set '{dataset.id}' has no labels; the labels method needs them")
+    archs = (capabilities or {}).get("architectures")
+    if archs and spec.student.arch not in archs:
+        raise unprocessable(["student", "arch"], f"unknown student architecture '{spec.student.arch}'; choose one of {', '.join(archs)}")
+    return ValidatedJob(teacher, dataset, layer, k)

@@ -1,0 +1,61 @@
+"""Settings of the service and the workers, from the environment (prefix ``BREGKD_``)."""
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Every knob of the service, read from ``BREGKD_*`` environment variables (or a ``.env``).
+
+    Attributes
+    ----------
+    data_dir : directory of the blob store, job scratch space and (by default) the SQLite file.
+    database_url : SQLAlchemy URL; empty means ``sqlite:///<data_dir>/bregkd.db``.
+    redis_url : Celery broker and the worker-presence keys.
+    max_upload_bytes : uploads larger than this are answered 413.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="BREGKD_", env_file=".env", extra="ignore")
+
+    data_dir: Path = Field(Path("var"), description="Blobs, job scratch and the default SQLite file.")
+    database_url: str = Field("", description="SQLAlchemy URL; default sqlite:///<data_dir>/bregkd.db")
+    redis_url: str = "redis://localhost:6379/0"
+    max_upload_bytes: int = Field(2 * 1024**3, ge=1)
+    max_field_bytes: int = Field(1024 * 1024, ge=1, description="Limit of a non-file multipart field.")
+    upload_chunk_bytes: int = Field(1024 * 1024, ge=4096)
+    # Workers
+    heartbeat_interval_s: float = Field(2.0, gt=0, description="How often a running job's heartbeat is written.")
+    heartbeat_timeout_s: float = Field(60.0, gt=0, description="A running job silent this long is presumed lost.")
+    sweep_interval_s: float = Field(10.0, gt=0, description="How often a worker runs the recovery sweep.")
+    queued_grace_s: float = Field(30.0, ge=0, description="A queued job this old whose message is gone is re-sent.")
+    max_attempts: int = Field(3, ge=1, description="A job whose worker died this many times fails.")
+    cancel_poll_s: float = Field(0.5, gt=0, description="Minimum seconds between cancel checks of a running job.")
+    # Must exceed the longest job budget, or Redis redelivers a long job to a second worker.
+    visibility_timeout_s: int = Field(8 * 24 * 3600, ge=60)
+    inspect_time_limit_s: int = Field(300, ge=1)
+    migrate_on_start: bool = Field(True, description="Run the migrations when the API starts (off when a separate step does).")
+    version: str = "0.1.0"
+
+    @property
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(Path(self.data_dir) / 'bregkd.db').resolve()}"
+
+    @property
+    def blob_dir(self) -> Path:
+        return Path(self.data_dir) / "blobs"
+
+    @property
+    def scratch_dir(self) -> Path:
+        return Path(self.data_dir) / "scratch"
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process's settings (cached: the environment is read once)."""
+    return Settings()

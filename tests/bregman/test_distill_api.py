@@ -1,0 +1,185 @@
+"""The one-call distill API end to end on digits: every method, the cache, reuse, and bad input."""
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from bregman.distill import METHODS, TargetCache, distill
+from bregman.distill.methods import DistilledModel, MethodError
+from bregman.layers import LayerError
+from bregman.models import build_model
+from bregman.pca import BregmanPCA
+from tests.bregman._distill_fixtures import (
+    digits,
+    digits_teacher,
+    digits_teacher_wrapped,
+    one_thread,
+    transfer_subset,
+)
+
+
+@pytest.fixture(autouse=True)
+def _single_thread():
+    with one_thread():
+        yield
+
+
+FAST = {"epochs": 40, "batch_size": 32, "measure_latency": False}
+
+
+def test_bregman_end_to_end_on_digits_beats_chance_by_far():
+    ds = digits()
+    teacher = digits_teacher_wrapped()
+    x, y = transfer_subset(300)
+    result = distill(teacher, (x, y), layer="4", method="bregman", student={"arch": "mlp", "hidden": [16]},
+                     test=(ds.x_test, ds.y_test), seed=0, **FAST)
+    assert isinstance(result.model, DistilledModel)
+    # default k: the smallest k explaining 95 % of the softmax divergence (d = 10 classes)
+    assert 1 <= result.k < 10 and result.metrics["explained_divergence"] >= 0.95
+    assert result.transfer["name"] == "softmax"  # the output layer under transfer="auto"
+    assert result.metrics["test_accuracy"] > 0.7  # chance is 0.1
+    assert result.metrics["test_agreement"] > 0.7
+    assert result.metrics["student_parameters"] < 0.25 * result.metrics["teacher_parameters"]
+    assert len(result.history["loss"]) == FAST["epochs"]
+    assert result.history["loss"][-1] < result.history["loss"][0]
+    out = result.model(ds.x_test[:5])
+    assert out.shape == (5, 10)
+    # the student's last layer outputs k coefficients; the imported layer and head map them to logits
+    assert result.student(ds.x_test[:5]).shape == (5, result.k)
+    assert not any(p.requires_grad for p in result.model.head.parameters())
+
+
+@pytest.mark.parametrize("method, layer", [("kd", None), ("hint", "2"), ("labels", None), ("bregman", "2")])
+def test_every_method_learns(method, layer):
+    ds = digits()
+    x, y = transfer_subset(300)
+    result = distill(digits_teacher_wrapped(), (x, y), layer=layer, method=method, n_components=8,
+                     test=(ds.x_test, ds.y_test), **FAST)
+    assert result.metrics["test_accuracy"] > 0.6, result.metrics
+    width = {"kd": 10, "labels": 10, "hint": 32, "bregman": 8}[method]
+    assert result.student(x[:3]).shape == (3, width)
+    assert result.model(x[:3]).shape == (3, 10)
+    assert (result.layer is not None) == (method in ("hint", "bregman"))
+
+
+def test_methods_without_labels_and_the_labels_method_refusing():
+    x, _ = transfer_subset(120)
+    for method in ("kd", "hint", "bregman"):
+        result = distill(digits_teacher_wrapped(), (x, None), method=method, n_components=4,
+                         **{**FAST, "epochs": 80, "batch_size": 16})
+        assert result.metrics["transfer_agreement"] > 0.5
+        assert "transfer_accuracy" not in result.metrics
+    with pytest.raises(ValueError, match="needs them"):
+        distill(digits_teacher_wrapped(), (x, None), method="labels", **FAST)
+
+
+def test_no_teacher_forward_during_the_students_epochs():
+    """Count every module forward (global hook) between the targets and the evaluation."""
+    x, y = transfer_subset(128)
+    calls: list[nn.Module] = []
+    window = {"open": False}
+
+    def hook(module, inputs, output):
+        if window["open"]:
+            calls.append(module)
+
+    def progress(phase, fraction, metrics):
+        if (phase in ("targets", "representation")) and fraction == 1.0:
+            window["open"] = True  # targets (and representation) are done
+        if phase == "evaluate":
+            window["open"] = False
+
+    cache = TargetCache()
+    handle = torch.nn.modules.module.register_module_forward_hook(hook)
+    try:
+        for method in ("bregman", "hint", "kd"):
+            calls.clear()
+            result = distill(digits_teacher(), (x, y), layer="2" if method != "kd" else None, method=method,
+                             n_components=4, cache=cache, progress=progress, epochs=3, batch_size=32,
+                             measure_latency=False)
+            allowed = {id(m) for m in result.student.modules()} | {id(result.model)}
+            assert calls, "the student must have run"
+            # only the student (and the wrapper that calls it) runs: no teacher body or head
+            assert all(id(m) in allowed for m in calls), {type(m).__name__ for m in calls}
+    finally:
+        handle.remove()
+    # one teacher pass per (inputs, layer): layer "2" shared by bregman and hint, the logits for kd
+    assert cache.teacher_passes == 2
+
+
+def test_cache_shares_targets_and_fits_between_calls():
+    x, y = transfer_subset(100)
+    cache = TargetCache()
+    first = distill(digits_teacher_wrapped(), (x, y), layer="4", n_components=3, cache=cache, **FAST)
+    again = distill(digits_teacher_wrapped(), (x, y), layer="4", n_components=3, cache=cache, **FAST)
+    assert cache.teacher_passes == 1
+    assert torch.equal(first.representation.components, again.representation.components)
+    for a, b in zip(first.student.parameters(), again.student.parameters()):
+        assert torch.equal(a, b)  # same seed, same targets: the same student
+    other = distill(digits_teacher_wrapped(), (x[:50], y[:50]), layer="4", n_components=3, cache=cache, **FAST)
+    assert cache.teacher_passes == 2 and other.metrics["n_transfer"] == 50
+    distill(digits_teacher(), (x, y), layer="4", n_components=3, cache=cache, **FAST)  # the same module
+    assert cache.teacher_passes == 2
+    other_teacher = build_model("mlp", in_features=64, hidden=[64, 32], num_classes=10)
+    with pytest.raises(ValueError, match="another teacher"):
+        distill(other_teacher, (x, y), layer="4", n_components=3, cache=cache, **FAST)
+
+
+def test_precomputed_representation_fitted_or_loaded_gives_the_same_student(tmp_path):
+    x, y = transfer_subset(150)
+    from bregman.distill.cut import resolve_cut
+    from bregman.exported import ExportedLayer
+
+    cut = resolve_cut(digits_teacher_wrapped(), "2", x[:2])
+    estimator = BregmanPCA(cut.transfer, n_components=5).fit(cut.body(x).detach().double())
+    estimator.export_layer().save(tmp_path / "layer")
+    loaded = ExportedLayer.load(tmp_path / "layer")
+    a = distill(digits_teacher_wrapped(), (x, y), layer="2", representation=estimator, **FAST)
+    b = distill(digits_teacher_wrapped(), (x, y), layer="2", representation=loaded, **FAST)
+    assert a.k == b.k == 5
+    assert torch.allclose(a.model(x), b.model(x), atol=1e-5)
+    with pytest.raises(ValueError, match="another layer"):
+        distill(digits_teacher_wrapped(), (x, y), layer="4", representation=estimator, **FAST)
+
+
+def test_loss_terms_are_recorded_and_progress_can_cancel():
+    x, y = transfer_subset(100)
+    result = distill(digits_teacher_wrapped(), (x, y), layer="2", n_components=4, divergence_weight=0.5,
+                     label_weight=0.5, **FAST)
+    for name in ("coefficient_loss", "divergence", "label_loss"):
+        assert len(result.history[name]) == FAST["epochs"]
+    assert result.history["divergence"][-1] < result.history["divergence"][0]
+    assert result.settings["divergence_weight"] == 0.5
+
+    class Cancelled(Exception):
+        pass
+
+    def cancel(phase, fraction, metrics):
+        if phase == "train" and fraction > 0.2:
+            raise Cancelled
+
+    with pytest.raises(Cancelled):
+        distill(digits_teacher_wrapped(), (x, y), layer="2", n_components=4, progress=cancel, **FAST)
+
+
+def test_bad_input_gets_clear_errors():
+    x, y = transfer_subset(40)
+    teacher = digits_teacher_wrapped()
+    with pytest.raises(MethodError, match="unknown method"):
+        distill(teacher, (x, y), method="fitnets")
+    with pytest.raises(LayerError, match="tappable layers"):
+        distill(teacher, (x, y), layer="17")
+    with pytest.raises(ValueError, match="teacher expects"):
+        distill(teacher, (x.reshape(40, 1, 8, 8), y))
+    with pytest.raises(ValueError, match="rows"):
+        distill(teacher, (x, y[:-1]))
+    with pytest.raises(ValueError, match="out of range"):
+        distill(teacher, (x, y + 10), method="labels")
+    with pytest.raises(ValueError, match="n_components"):
+        distill(teacher, (x, y), n_components=0)
+    with pytest.raises(ValueError, match="softmax transfer applies only"):
+        distill(teacher, (x, y), layer="2", transfer="softmax")
+    with pytest.raises(ValueError, match="num_classes"):
+        distill(teacher, (x, y), method="kd", student={"arch": "mlp", "hidden": [8], "num_classes": 3})
+    assert set(METHODS) == {"bregman", "kd", "hint", "labels"}

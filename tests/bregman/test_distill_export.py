@@ -1,0 +1,74 @@
+"""Saved students: the torch.export pipeline runs without this project and equals the in-process model."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+from bregman.distill import distill, load_student
+from tests.bregman._distill_fixtures import digits, digits_teacher_wrapped, one_thread, transfer_subset
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory):
+    with one_thread():
+        x, y = transfer_subset(150)
+        result = distill(digits_teacher_wrapped(), (x, y), layer="2", method="bregman", n_components=4,
+                         epochs=10, batch_size=32, measure_latency=False)
+        out = tmp_path_factory.mktemp("student")
+        record = result.save(out)
+    return result, out, record
+
+
+def test_files_and_manifest(saved):
+    result, out, record = saved
+    for name in ("student.safetensors", "student.json", "student.pt2", "metrics.json",
+                 "layer/layer.safetensors", "layer/layer.json"):
+        assert (out / name).is_file(), name
+    manifest = json.loads((out / "student.json").read_text())
+    assert manifest["arch"] == "mlp" and manifest["args"]["num_classes"] == 4
+    assert manifest["method"] == "bregman" and manifest["k"] == 4 and manifest["layer"] == "2"
+    assert manifest["transfer"]["name"] == "relu"
+    assert manifest["metrics"]["transfer_agreement"] == pytest.approx(result.metrics["transfer_agreement"])
+    # ONNX: written and checked with onnx.checker (onnxruntime is not a dependency)
+    assert record["onnx"]["written"] and record["onnx"]["checked"], record["onnx"]
+    assert (out / "student.onnx").is_file()
+
+
+def test_pt2_runs_in_a_process_without_bregman(saved, tmp_path):
+    result, out, _ = saved
+    x = digits().x_test[:37]  # a batch size the export never saw
+    torch.save(x, tmp_path / "x.pt")
+    script = textwrap.dedent(f"""
+        import sys, torch
+        program = torch.export.load({str(out / 'student.pt2')!r})
+        y = program.module()(torch.load({str(tmp_path / 'x.pt')!r}, weights_only=True))
+        torch.save(y, {str(tmp_path / 'y.pt')!r})
+        loaded = sorted(m for m in sys.modules if m.split('.')[0] in ('bregman', 'tests'))
+        assert not loaded, loaded
+        code = program.graph_module.code
+        assert 'bregman' not in code, code
+    """)
+    proc = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=120, env={"PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    got = torch.load(tmp_path / "y.pt", weights_only=True)
+    with torch.no_grad():
+        want = result.model(x)
+    assert got.shape == (37, 10)
+    assert torch.allclose(got, want, atol=1e-5)
+
+
+def test_load_student_rebuilds_the_network(saved):
+    result, out, _ = saved
+    student, manifest = load_student(out)
+    x = digits().x_test[:8]
+    with torch.no_grad():
+        assert torch.equal(student(x), result.student(x))
+    assert manifest["k"] == 4
+    with pytest.raises(ValueError, match="not a saved student"):
+        load_student(out / "layer")

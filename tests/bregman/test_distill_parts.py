@@ -1,0 +1,112 @@
+"""Students from the registry, the target cache, the projection onto a loaded layer, the metrics."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from bregman.distill.evaluate import cpu_latency_ms, parameter_count, quality_metrics
+from bregman.distill.methods import DistilledModel, LossSettings, MethodError, frozen_copy, make_batch_loss
+from bregman.distill.students import StudentSpecError, build_student, normalize_spec
+from bregman.distill.targets import TargetCache, coefficients, compute_targets, fingerprint, project_onto_layer
+from bregman.pca import BregmanPCA
+
+
+def test_student_width_inputs_and_seed():
+    s, manifest = build_student({"arch": "mlp", "hidden": [8]}, (64,), 5, seed=3)
+    assert s(torch.zeros(2, 64)).shape == (2, 5)
+    assert manifest == {"arch": "mlp", "args": {"hidden": [8], "num_classes": 5, "in_features": 64},
+                        "flatten_input": False}
+    again, _ = build_student({"arch": "mlp", "args": {"hidden": [8]}}, (64,), 5, seed=3)
+    assert all(torch.equal(a, b) for a, b in zip(s.parameters(), again.parameters()))
+    image_mlp, m = build_student(None, (1, 8, 8), 3)
+    assert m["flatten_input"] and image_mlp(torch.zeros(2, 1, 8, 8)).shape == (2, 3)
+    cnn, _ = build_student({"arch": "cnn", "channels": [4, 8], "hidden": 8}, (1, 8, 8), 7)
+    assert cnn(torch.zeros(2, 1, 8, 8)).shape == (2, 7)
+
+
+def test_student_spec_errors():
+    with pytest.raises(StudentSpecError, match="unknown student architecture"):
+        normalize_spec({"arch": "transformer"})
+    with pytest.raises(StudentSpecError, match="no 'arch'"):
+        normalize_spec({"hidden": [3]})
+    with pytest.raises(StudentSpecError, match="both inline"):
+        normalize_spec({"arch": "mlp", "hidden": [3], "args": {"hidden": [4]}})
+    with pytest.raises(StudentSpecError, match="in_features"):
+        build_student({"arch": "mlp", "in_features": 10}, (64,), 3)
+    with pytest.raises(StudentSpecError, match="reads images"):
+        build_student({"arch": "cnn"}, (64,), 3)
+    with pytest.raises(StudentSpecError, match="cannot build"):
+        build_student({"arch": "mlp", "hidden": [0]}, (64,), 3)
+
+
+class _Cut:
+    def __init__(self):
+        self.body = torch.nn.Linear(4, 6)
+        self.head = torch.nn.Linear(6, 3)
+        from bregman.transfers import get_transfer
+
+        self.transfer = get_transfer("tanh")
+
+
+def test_compute_targets_and_cache_keys():
+    cut = _Cut()
+    x = torch.randn(10, 4)
+    t = compute_targets(x, cut=cut, batch_size=3)
+    with torch.no_grad():
+        a = cut.body(x)
+        assert torch.allclose(t.preactivations, a, atol=1e-6)
+        assert torch.allclose(t.outputs, cut.head(torch.tanh(a)), atol=1e-6)
+    cache = TargetCache()
+    calls = []
+
+    def compute():
+        calls.append(1)
+        return compute_targets(x, cut=cut)
+
+    first = cache.targets(x, "L", compute)
+    assert cache.targets(x.clone(), "L", compute) is first  # content, not identity, is the key
+    cache.targets(x, "other layer", compute)
+    cache.targets(x + 1, "L", compute)
+    assert len(calls) == cache.teacher_passes == 3
+    assert fingerprint(x) != fingerprint(x.double()) and fingerprint(x) == fingerprint(x.clone())
+    with pytest.raises(ValueError, match="exactly one"):
+        compute_targets(x)
+
+
+def test_coefficients_memoized_and_loaded_layer_projection_matches_transform():
+    cut = _Cut()
+    x = torch.randn(200, 4)
+    t = compute_targets(x, cut=cut)
+    est = BregmanPCA("tanh", n_components=2).fit(t.preactivations.double())
+    c = coefficients(t, est)
+    assert c.shape == (200, 2) and coefficients(t, est) is c
+    layer = est.export_layer()
+    assert torch.allclose(project_onto_layer(layer, t.preactivations), est.transform(t.preactivations.double()))
+    with pytest.raises(ValueError, match="another layer"):
+        project_onto_layer(layer, torch.zeros(3, 5))
+
+
+def test_distilled_model_keeps_frozen_parts_in_eval_and_settings_validate():
+    head = torch.nn.Sequential(torch.nn.Linear(3, 3), torch.nn.Dropout(0.5))
+    model = DistilledModel(torch.nn.Linear(2, 3), head=frozen_copy(head))
+    model.train()
+    assert model.student.training and not model.head.training
+    assert not any(p.requires_grad for p in model.head.parameters())
+    assert all(p.requires_grad for p in head.parameters())  # the original is untouched
+    with pytest.raises(MethodError, match="alpha"):
+        LossSettings(alpha=2.0)
+    with pytest.raises(MethodError, match="weight 0"):
+        make_batch_loss("bregman", LossSettings(coefficient_weight=0.0), has_labels=False)
+    with pytest.raises(MethodError, match="unknown method"):
+        make_batch_loss("distill", LossSettings(), has_labels=True)
+
+
+def test_quality_and_cost_metrics():
+    logits = torch.tensor([[2.0, 0.0], [0.0, 1.0], [3.0, 0.0]])
+    teacher = torch.tensor([[1.0, 0.0], [1.0, 0.0], [2.0, 0.0]])
+    m = quality_metrics(logits, torch.tensor([0, 1, 1]), teacher, prefix="t_")
+    assert m["t_accuracy"] == pytest.approx(2 / 3) and m["t_agreement"] == pytest.approx(2 / 3)
+    assert m["t_teacher_accuracy"] == pytest.approx(1 / 3) and m["t_kl_to_teacher"] > 0
+    lin = torch.nn.Linear(3, 2)
+    assert parameter_count(lin, lin) == 8
+    assert cpu_latency_ms(lin, torch.zeros(4, 3), repeats=5) > 0

@@ -1,0 +1,364 @@
+"""BregmanPCA: agreement with Euclidean PCA, optimality and normalization properties,
+gauge invariance, chunked input, dtypes and array types, and errors on bad input."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from bregman.pca import BregmanPCA, NotFittedError
+from bregman.transfers import NonMonotoneTransferError, get_transfer
+from tests.bregman._pca_fixtures import NONLINEAR_TRANSFERS, data_for, low_rank_data, peaked_logits
+
+K = 3
+
+
+def _hessian_gram(est: BregmanPCA) -> torch.Tensor:
+    """Vᵀ ∇²F(m) V for a fitted estimator (float64 tensors)."""
+    t = est.transfer_
+    m = torch.as_tensor(est.mean_, dtype=torch.float64)
+    V = torch.as_tensor(est.components_, dtype=torch.float64).T
+    HV = torch.stack([t.hvp(m.unsqueeze(0), V[:, j].unsqueeze(0))[0] for j in range(V.shape[1])], 1)
+    return V.T @ HV
+
+
+@pytest.fixture(scope="module")
+def fitted() -> dict[str, tuple[BregmanPCA, torch.Tensor, torch.Tensor]]:
+    """One joint-mean fit per non-linear transfer: (estimator, data, fit coefficients)."""
+    out = {}
+    for name in NONLINEAR_TRANSFERS:
+        A = data_for(name, n=240, d=8, seed=1)
+        est = BregmanPCA(name, n_components=K, random_state=0)
+        C = est.fit_transform(A)
+        out[name] = (est, A, C)
+    return out
+
+
+# --- identity = Euclidean PCA ---------------------------------------------------------------
+def test_identity_matches_scikit_learn_pca():
+    from scipy.linalg import subspace_angles
+    from sklearn.decomposition import PCA
+
+    A = low_rank_data(n=300, d=12, rank=5, seed=3).numpy()
+    est = BregmanPCA("identity", n_components=4).fit(A)
+    sk = PCA(n_components=4).fit(A)
+    angles = subspace_angles(est.components_.T, sk.components_.T)
+    assert angles.max() < 1e-6
+    np.testing.assert_allclose(est.mean_, sk.mean_, atol=1e-12)
+    recon = sk.inverse_transform(sk.transform(A))
+    sk_error = 0.5 * np.mean(np.sum((recon - A) ** 2, axis=1))
+    assert est.divergence_ == pytest.approx(sk_error, rel=1e-9)
+    assert est.score(A) == pytest.approx(sk_error, rel=1e-9)
+    assert est.pca_divergence_ == pytest.approx(sk_error, rel=1e-9)
+    np.testing.assert_allclose(est.explained_divergence_ratio_, np.cumsum(sk.explained_variance_ratio_), rtol=1e-9)
+    # orthonormal rows (H = I), transform is the orthogonal projection
+    np.testing.assert_allclose(est.components_ @ est.components_.T, np.eye(4), atol=1e-10)
+    np.testing.assert_allclose(np.abs(est.transform(A)), np.abs(sk.transform(A)), atol=1e-8)
+    assert est.n_iter_ == 0 and est.ridge_ == 0.0
+
+
+def test_identity_float_n_components_matches_scikit_learn():
+    from sklearn.decomposition import PCA
+
+    A = low_rank_data(n=300, d=12, rank=5, seed=4).numpy()
+    est = BregmanPCA("identity", n_components=0.8).fit(A)
+    sk = PCA(n_components=0.8).fit(A)
+    assert est.n_components_ == sk.n_components_
+    assert est.explained_divergence_ratio_[-1] >= 0.8
+
+
+# --- properties of the non-linear fits --------------------------------------------------------
+@pytest.mark.parametrize("name", NONLINEAR_TRANSFERS)
+def test_joint_fit_is_never_worse_than_euclidean_pca(fitted, name):
+    est, A, _ = fitted[name]
+    assert est.divergence_ <= est.pca_divergence_
+    assert est.divergence_ <= est.mean_only_divergence_
+    # score re-projects from a cold start: the same divergence as the fit reported
+    assert est.score(A) == pytest.approx(est.divergence_, rel=1e-6)
+
+
+@pytest.mark.parametrize("name", NONLINEAR_TRANSFERS)
+def test_components_are_normalized_in_the_local_geometry(fitted, name):
+    est, _, _ = fitted[name]
+    G = _hessian_gram(est)
+    torch.testing.assert_close(G, torch.eye(K, dtype=torch.float64), atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("name", NONLINEAR_TRANSFERS)
+def test_transform_reproduces_the_fit_coefficients(fitted, name):
+    est, A, C_fit = fitted[name]
+    C = est.transform(A)
+    assert isinstance(C, torch.Tensor) and C.shape == (A.shape[0], K)
+    torch.testing.assert_close(C, C_fit, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("name", NONLINEAR_TRANSFERS)
+def test_components_ordered_and_explained_ratio_cumulative(fitted, name):
+    est, _, C = fitted[name]
+    second_moment = (C**2).mean(0)
+    assert bool((second_moment[:-1] >= second_moment[1:] * (1 - 1e-6)).all())
+    r = est.explained_divergence_ratio_
+    assert r.shape == (K,)
+    assert np.all(np.diff(r) >= -1e-3)  # cumulative, non-decreasing (truncated codes)
+    d0 = est.mean_only_divergence_
+    assert r[-1] == pytest.approx((d0 - est.divergence_) / d0, rel=1e-12)
+    assert 0 < r[-1] <= 1
+
+
+@pytest.mark.parametrize("name", NONLINEAR_TRANSFERS)
+def test_reconstruct_is_f_of_inverse_transform(fitted, name):
+    est, A, C = fitted[name]
+    pre = est.inverse_transform(C)
+    out = est.reconstruct(C)
+    torch.testing.assert_close(out, est.transfer_.f(pre))
+    div = est.transfer_.divergence(pre, est.transfer_.remove_gauge(A)).mean()
+    assert float(div) == pytest.approx(est.divergence_, rel=1e-9)
+
+
+def test_history_is_monotone_and_callback_can_stop():
+    A = data_for("sigmoid", n=200, d=8, seed=2)
+    est = BregmanPCA("sigmoid", n_components=2, tol=0.0, max_iter=25).fit(A)
+    obj = np.array([h["objective"] for h in est.history_])
+    assert len(obj) >= 2 and np.all(np.diff(obj) <= 1e-12 * obj[0])
+    assert all(h["elapsed_s"] >= 0 for h in est.history_)
+    seen = []
+    stopped = BregmanPCA("sigmoid", n_components=2, tol=0.0, callback=lambda info: seen.append(info) or True).fit(A)
+    assert stopped.n_iter_ == 1 and len(seen) == 1 and set(seen[0]) >= {"iteration", "elapsed_s", "divergence"}
+
+
+def test_callback_exception_aborts_the_fit():
+    def cancel(info):
+        raise KeyboardInterrupt("cancelled")
+
+    with pytest.raises(KeyboardInterrupt):
+        BregmanPCA("tanh", n_components=2, callback=cancel).fit(data_for("tanh", n=100, d=6))
+
+
+def test_ridge_changes_the_divergence_by_far_less_than_a_tenth_of_a_percent():
+    A = peaked_logits(n=300, d=6, seed=5)
+    default = BregmanPCA("softmax", n_components=2).fit(A)
+    tiny = BregmanPCA("softmax", n_components=2, ridge=1e-9).fit(A)
+    assert abs(default.divergence_ - tiny.divergence_) / tiny.divergence_ < 1e-3
+    assert default.ridge_ == pytest.approx(1e-7)
+
+
+def test_near_one_hot_softmax_rows_give_finite_bounded_coefficients():
+    A = peaked_logits(n=200, d=5, seed=6, temperature_max=40.0)
+    p = torch.softmax(A, -1)
+    assert float(p.max(-1).values.max()) > 1 - 1e-12  # some rows are one-hot to round-off
+    est = BregmanPCA("softmax", n_components=2)
+    C_fit = est.fit_transform(A)
+    C = est.transform(A)
+    assert torch.isfinite(C).all() and torch.isfinite(C_fit).all()
+    assert float(C.abs().max()) < 1e4
+    torch.testing.assert_close(C, C_fit, atol=1e-4, rtol=1e-4)
+    assert est.divergence_ <= est.pca_divergence_
+
+
+def test_softmax_is_invariant_to_per_row_shifts():
+    A = peaked_logits(n=200, d=6, seed=7)
+    shift = torch.randn(200, 1, dtype=torch.float64, generator=torch.Generator().manual_seed(1)) * 5
+    e1 = BregmanPCA("softmax", n_components=2).fit(A)
+    e2 = BregmanPCA("softmax", n_components=2).fit(A + shift)
+    torch.testing.assert_close(e1.mean_, e2.mean_, atol=1e-8, rtol=0)
+    torch.testing.assert_close(e1.components_, e2.components_, atol=1e-7, rtol=0)
+    torch.testing.assert_close(e1.transform(A), e1.transform(A + shift), atol=1e-9, rtol=0)
+    assert e1.divergence_ == pytest.approx(e2.divergence_, rel=1e-9)
+    # the gauge direction is projected out of the mean and every direction
+    assert float(e1.mean_.sum().abs()) < 1e-10
+    assert float(e1.components_.sum(1).abs().max()) < 1e-10
+
+
+def test_centroid_mean_is_the_dual_space_centroid_and_never_worse_than_its_start():
+    A = data_for("sigmoid", n=200, d=8, seed=8)
+    est = BregmanPCA("sigmoid", n_components=2, mean="centroid").fit(A)
+    t = get_transfer("sigmoid")
+    torch.testing.assert_close(est.mean_, t.f_inv(t.f(A).mean(0)), atol=1e-12, rtol=0)
+    assert est.divergence_ <= est.init_divergence_
+    joint = BregmanPCA("sigmoid", n_components=2).fit(A)
+    assert joint.divergence_ <= est.divergence_ * (1 + 1e-6)  # the joint mean is at least as good
+    with pytest.raises(ValueError, match="not invertible.*joint"):
+        BregmanPCA("relu", n_components=2, mean="centroid").fit(A)
+
+
+def test_float_n_components_picks_the_smallest_k_reaching_the_share():
+    A = data_for("tanh", n=200, d=8, seed=9)
+    full = BregmanPCA("tanh", n_components=7).fit(A)
+    est = BregmanPCA("tanh", n_components=0.7).fit(A)
+    k = est.n_components_
+    assert 1 <= k <= 7
+    assert full.explained_divergence_ratio_[k - 1] >= 0.7 - 1e-12
+    if k > 1:
+        assert full.explained_divergence_ratio_[k - 2] < 0.7
+    assert est.explained_divergence_ratio_[-1] >= 0.7 - 1e-3
+
+
+# --- chunked input ---------------------------------------------------------------------------
+class _Chunks:
+    """A re-iterable of chunks (like bregman.capture.ChunkedActivations)."""
+
+    def __init__(self, A: torch.Tensor, rows: int) -> None:
+        self.A, self.rows = A, rows
+
+    def __iter__(self):
+        return (self.A[s : s + self.rows] for s in range(0, len(self.A), self.rows))
+
+
+@pytest.mark.parametrize("name", ["leaky_relu", "softmax"])
+def test_chunked_fit_equals_in_memory_fit(name, tmp_path):
+    """Chunks change only the summation order of the direction statistics (round-off ~1e-15),
+    so after the same iterations the results agree to far better than 1e-7."""
+    A = data_for(name, n=240, d=8, seed=10)
+    ref = BregmanPCA(name, n_components=K).fit(A)
+    as_list = BregmanPCA(name, n_components=K).fit([A[:70], A[70:150], A[150:]])
+    custom = BregmanPCA(name, n_components=K).fit(_Chunks(A, 64))
+    path = tmp_path / "a.npy"
+    mm = np.lib.format.open_memmap(str(path), mode="w+", dtype=np.float64, shape=tuple(A.shape))
+    mm[:] = A.numpy()
+    mm.flush()
+    del mm
+    memmap = np.load(str(path), mmap_mode="r")
+    assert isinstance(memmap, np.memmap)
+    from_memmap = BregmanPCA(name, n_components=K, batch_size=50).fit(memmap)
+    for est in (as_list, custom, from_memmap):
+        assert est.n_iter_ == ref.n_iter_
+        assert est.divergence_ == pytest.approx(ref.divergence_, rel=1e-7)
+        np.testing.assert_allclose(np.asarray(est.mean_), ref.mean_.numpy(), atol=1e-7)
+        np.testing.assert_allclose(np.asarray(est.components_), ref.components_.numpy(), atol=1e-6)
+    assert isinstance(from_memmap.components_, np.ndarray)  # numpy in, numpy out
+    assert isinstance(custom.components_, torch.Tensor)
+
+
+def test_one_shot_generator_is_refused():
+    A = data_for("sigmoid", n=100, d=6)
+    with pytest.raises(ValueError, match="one-shot.*list of chunks"):
+        BregmanPCA("sigmoid", n_components=2).fit(A[s : s + 10] for s in range(0, 100, 10))
+
+
+def test_chunks_that_change_between_passes_are_detected():
+    A = data_for("sigmoid", n=100, d=6)
+
+    class Shrinking:
+        calls = 0
+
+        def __iter__(self):
+            Shrinking.calls += 1
+            stop = 100 if Shrinking.calls == 1 else 90
+            return (A[s : min(s + 10, stop)] for s in range(0, stop, 10))
+
+    with pytest.raises(ValueError, match="same on every pass"):
+        BregmanPCA("sigmoid", n_components=2).fit(Shrinking())
+
+
+# --- dtypes, array types, determinism ---------------------------------------------------------
+def test_float32_fit_works():
+    A = data_for("sigmoid", n=300, d=8, seed=11, dtype=torch.float32)
+    est = BregmanPCA("sigmoid", n_components=K)
+    C = est.fit_transform(A)
+    assert est.mean_.dtype == torch.float32 and C.dtype == torch.float32
+    assert est.divergence_ <= est.pca_divergence_ * (1 + 1e-5)
+    ref = BregmanPCA("sigmoid", n_components=K).fit(A.double())
+    assert est.divergence_ == pytest.approx(ref.divergence_, rel=1e-3)
+    G = _hessian_gram(est)
+    torch.testing.assert_close(G, torch.eye(K, dtype=torch.float64), atol=1e-4, rtol=0)
+
+
+def test_half_precision_input_is_computed_in_float32():
+    A = data_for("tanh", n=120, d=6).to(torch.float16)
+    est = BregmanPCA("tanh", n_components=2).fit(A)
+    assert est.mean_.dtype == torch.float32
+
+
+def test_numpy_in_numpy_out_and_tensor_in_tensor_out():
+    A = data_for("leaky_relu", n=150, d=6, seed=12)
+    est = BregmanPCA(get_transfer("leaky_relu", negative_slope=0.2), n_components=2).fit(A.numpy())
+    assert isinstance(est.mean_, np.ndarray) and est.components_.shape == (2, 6)
+    C = est.transform(A.numpy())
+    assert isinstance(C, np.ndarray) and C.shape == (150, 2)
+    assert isinstance(est.inverse_transform(C), np.ndarray)
+    assert isinstance(est.reconstruct(C), np.ndarray)
+    Ct = est.transform(A)
+    assert isinstance(Ct, torch.Tensor) and Ct.device == A.device
+    np.testing.assert_allclose(Ct.numpy(), C)
+    assert est.transfer_.params == {"negative_slope": 0.2}
+
+
+def test_fits_are_deterministic():
+    A = data_for("relu", n=150, d=6, seed=13)
+    e1 = BregmanPCA("relu", n_components=2, random_state=3).fit(A)
+    e2 = BregmanPCA("relu", n_components=2, random_state=3).fit(A)
+    assert torch.equal(e1.components_, e2.components_) and torch.equal(e1.mean_, e2.mean_)
+    assert e1.hessian_floor_ == 1e-6
+
+
+def test_sklearn_protocol():
+    from sklearn.base import clone
+
+    est = BregmanPCA("tanh", n_components=2, tol=1e-4)
+    twin = clone(est)
+    assert twin.get_params() == est.get_params()
+    assert twin.set_params(n_components=3).n_components == 3
+    with pytest.raises(ValueError, match="unknown parameter"):
+        est.set_params(bogus=1)
+    with pytest.raises(NotFittedError, match="fit"):
+        est.transform(np.zeros((2, 4)))
+
+
+def test_import_does_not_pull_in_scikit_learn_or_scipy():
+    code = ("import sys, bregman.pca, bregman.exported, bregman.transfers; "
+            "bad = [m for m in ('sklearn', 'scipy') if m in sys.modules]; assert not bad, bad")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+# --- bad input --------------------------------------------------------------------------------
+GOOD = np.random.default_rng(0).normal(size=(40, 6))
+
+
+@pytest.mark.parametrize(
+    "data,kwargs,message",
+    [
+        (GOOD[:, 0], {}, "2-D.*reshape"),
+        (GOOD.reshape(40, 3, 2), {}, "2-D.*flatten"),
+        (GOOD.astype(np.int64), {}, "integer dtype.*floating-point"),
+        (GOOD.astype(np.complex128), {}, "complex dtype.*floating-point"),
+        (GOOD.astype(object), {}, "object dtype.*floating-point"),
+        (torch.ones(40, 6, dtype=torch.int32), {}, "integer dtype"),
+        (np.where(np.arange(240).reshape(40, 6) == 7, np.nan, GOOD), {}, "NaN or infinite"),
+        (np.where(np.arange(240).reshape(40, 6) == 7, np.inf, GOOD), {}, "NaN or infinite"),
+        (GOOD[:3], {"n_components": 4}, "more samples than components"),
+        (GOOD, {"n_components": 6}, "smaller than the number of features"),
+        (GOOD[:, :1], {"transfer": "softmax", "n_components": 1}, "at least 2 units"),
+        (GOOD, {"n_components": 1.5}, r"in \(0, 1\)"),
+        (GOOD, {"n_components": 0.0}, r"in \(0, 1\)"),
+        (GOOD, {"n_components": 0}, ">= 1"),
+        (GOOD, {"transfer": "swishy"}, "unknown transfer"),
+        (GOOD, {"mean": "median"}, "'joint' or 'centroid'"),
+        (GOOD, {"ridge": -1.0}, "ridge"),
+        (np.empty((0, 6)), {}, "no rows"),
+        ([], {}, "empty collection"),
+        ([GOOD[:20], GOOD[:20, :5]], {}, "same number of features"),
+        ("data.npy", {}, "re-iterable"),
+    ],
+)
+def test_bad_input_gives_a_value_error_that_says_what_to_do(data, kwargs, message):
+    params = {"transfer": "sigmoid", "n_components": 2, **kwargs}
+    with pytest.raises(ValueError, match=message):
+        BregmanPCA(**params).fit(data)
+
+
+def test_non_monotone_transfer_is_refused():
+    with pytest.raises(NonMonotoneTransferError, match="not monotone"):
+        BregmanPCA("gelu", n_components=2).fit(GOOD)
+
+
+def test_transform_checks_width_and_values():
+    est = BregmanPCA("sigmoid", n_components=2).fit(GOOD)
+    with pytest.raises(ValueError, match="6 were expected"):
+        est.transform(GOOD[:, :5])
+    with pytest.raises(ValueError, match="NaN"):
+        est.transform(np.full((2, 6), np.nan))
+    with pytest.raises(ValueError, match="2 were expected"):
+        est.reconstruct(np.zeros((3, 3)))

@@ -1,0 +1,67 @@
+"""The representation job's code path in-process (no queue): in-memory and chunked (spilled to
+disk) captures give the same representation and the artifacts the report describes."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from storage import jobs as jobstate
+from storage.config import Settings
+from storage.db import session_factory
+from storage.migrate import upgrade
+from storage.models import Job, Tenant
+from workers import representation
+from workers.runtime import JobRun
+
+
+@pytest.fixture(scope="module")
+def teacher_and_data():
+    from bregman.datasets import load_builtin
+    from bregman.models import build_model
+    from bregman.teachers import Teacher
+
+    torch.manual_seed(0)
+    model = build_model("mlp", in_features=64, hidden=[16], num_classes=10, activation="leaky_relu")
+    return Teacher.from_module(model, (64,)), load_builtin("digits")
+
+
+def _run(tmp_path, name: str) -> JobRun:
+    settings = Settings(data_dir=tmp_path / name, heartbeat_interval_s=0.2)
+    upgrade(settings.resolved_database_url)
+    db = session_factory(settings.resolved_database_url)()
+    db.add(Tenant(name="t"))
+    db.flush()
+    db.add(Job(id="job_1", tenant="t", kind="representation", spec={}, metrics={}))
+    db.commit()
+    jobstate.claim(db, "job_1", 0, "w")
+    return JobRun(settings, "job_1", 1, 120, phases=representation.PHASES)
+
+
+SPEC = {"layer": "0", "dataset": "digits", "n_components": 3, "solver": {"max_iter": 4}, "seed": 0,
+        "budget": {"max_train_rows": 300}}
+
+
+def test_chunked_capture_gives_the_same_representation(tmp_path, teacher_and_data, monkeypatch):
+    teacher, ds = teacher_and_data
+    out_a, out_b = tmp_path / "a", tmp_path / "b"
+    out_a.mkdir()
+    out_b.mkdir()
+    with _run(tmp_path, "ra") as run:
+        metrics_a, _ = representation.fit_representation(run, dict(SPEC), teacher, ds, "ab" * 32, out_a)
+    monkeypatch.setattr(representation, "IN_MEMORY_ELEMENTS", 2000)  # forces chunks of 256 rows
+    with _run(tmp_path, "rb") as run:
+        metrics_b, _ = representation.fit_representation(run, dict(SPEC), teacher, ds, "ab" * 32, out_b)
+    assert metrics_a["n_components"] == metrics_b["n_components"] == 3
+    assert metrics_b["divergence"] == pytest.approx(metrics_a["divergence"], rel=1e-3)
+    assert metrics_b["test_divergence"] == pytest.approx(metrics_a["test_divergence"], rel=1e-3)
+    assert not (tmp_path / "b-work").exists()  # spilled chunks removed
+    from safetensors.torch import load_file
+
+    coeffs = load_file(str(out_b / "coefficients.safetensors"))
+    assert coeffs["train"].shape == (300, 3) and coeffs["test"].shape == (len(ds.x_test), 3)
+    report = json.loads((out_b / "report.json").read_text())
+    assert report["k"] == [1, 2, 3] and len(report["pca_divergence"]) == 3
+    assert report["n_train"] == 300 and report["transfer"] == "leaky_relu"
+    assert {"layer.safetensors", "layer.json"} <= {p.name for p in out_b.iterdir()}
