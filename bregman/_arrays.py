@@ -143,6 +143,9 @@ class RowSource:
     device : torch.device
     in_memory : bool
         True for a single in-memory array/tensor (then coefficients may be cached in memory).
+
+    Blocks are not checked for NaN/inf here: a consumer's first pass must check (see
+    :func:`bregman._pca_solver.moments`).
     output_kind : "numpy" or "torch"
     """
 
@@ -165,15 +168,17 @@ class RowSource:
             self.n_rows, self.d = int(data.shape[0]), int(data.shape[1])
             self.dtype = working_dtype(data.dtype, name=name)
             self.device = torch.device(device) if device is not None else torch.device("cpu")
-            self._check_finite_blocks = True
+            self._check_finite_blocks = False
         elif isinstance(data, (torch.Tensor, np.ndarray)):
-            self._tensor = to_tensor_2d(data, name=name, device=device)
+            # Finiteness is checked by the consumer's first pass (the moments of the data are
+            # non-finite iff an entry is), which saves a full pass over large inputs.
+            self._tensor = to_tensor_2d(data, name=name, device=device, check_finite=False)
             self.in_memory = True
             self.output_kind = "torch" if isinstance(data, torch.Tensor) else "numpy"
             self.n_rows, self.d = map(int, self._tensor.shape)
             self.dtype = self._tensor.dtype
             self.device = self._tensor.device
-            self._check_finite_blocks = False  # checked once above
+            self._check_finite_blocks = False
         else:
             self._init_chunks(data, device)
         if self.n_rows == 0:
@@ -199,6 +204,10 @@ class RowSource:
         self._chunks = data
         self.in_memory = False
         n_rows, d, dtype, dev, kind = 0, None, None, None, None
+        # Sources that know their size (bregman.capture.ChunkedActivations: n_rows, d) are not
+        # read in full here: the first chunk gives dtype and device, and every pass checks the
+        # row count and each chunk's shape.
+        known = isinstance(getattr(data, "n_rows", None), int) and isinstance(getattr(data, "d", None), int)
         for i, chunk in enumerate(first_iter):
             if not isinstance(chunk, (torch.Tensor, np.ndarray)):
                 raise InputValidationError(
@@ -221,12 +230,19 @@ class RowSource:
                     "must have the same number of features"
                 )
             n_rows += int(chunk.shape[0])
+            if known:
+                if d != data.d:
+                    raise InputValidationError(
+                        f"{name} says d={data.d} but its chunks have {d} columns"
+                    )
+                n_rows = int(data.n_rows)
+                break
         if d is None:
             raise InputValidationError(f"{name} is an empty collection of chunks; pass at least one chunk")
         self.n_rows, self.d, self.dtype = n_rows, d, dtype
         self.device = torch.device(device) if device is not None else dev
         self.output_kind = kind
-        self._check_finite_blocks = True
+        self._check_finite_blocks = False
 
     # --- reading ----------------------------------------------------------------------
     def block_rows(self, width: int) -> int:
@@ -248,6 +264,12 @@ class RowSource:
             return
         start = 0
         for i, chunk in enumerate(self._chunks):
+            if not isinstance(chunk, (torch.Tensor, np.ndarray)):
+                raise InputValidationError(
+                    f"chunk {i} of {self.name} is {_describe(chunk)}; every chunk must be a 2-D tensor or "
+                    "numpy array of shape (rows, n_features)"
+                )
+            working_dtype(chunk.dtype, name=f"chunk {i} of {self.name}")
             if chunk.ndim != 2 or chunk.shape[1] != self.d:
                 raise InputValidationError(
                     f"chunk {i} of {self.name} changed shape between passes ({tuple(chunk.shape)}); the "
@@ -259,8 +281,8 @@ class RowSource:
             start += int(chunk.shape[0])
         if start != self.n_rows:
             raise InputValidationError(
-                f"{self.name} yielded {start} rows on a later pass but {self.n_rows} on the first; the "
-                "chunks must be the same on every pass"
+                f"{self.name} yielded {start} rows but {self.n_rows} were expected (its declared n_rows, "
+                "or the count of the first pass); the chunks must be the same on every pass"
             )
 
     def _convert(self, part: Any, where: str) -> torch.Tensor:

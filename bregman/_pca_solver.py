@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from bregman._arrays import RowSource
+from bregman._arrays import InputValidationError, RowSource
 from bregman.transfers import Transfer
 
 logger = logging.getLogger(__name__)
@@ -160,14 +160,16 @@ def solve_coefficients(
     gram: PairGram | None = None,
     atol: float = 0.0,
     Y: torch.Tensor | None = None,
+    settle: bool = True,
 ) -> CoefResult:
     """Minimize ``φ(c) = D_F(m + V c, x) + (λ/2)‖c‖²`` for every row of X, starting at C0.
 
     Each row takes at most ``max_steps`` Newton steps (``H = Vᵀ∇²F(â)V + λI``, solved by
     Cholesky); a step is accepted only if it passes an Armijo test on that row's own objective
     (halving up to 30 times), so φ never increases and stays finite. Rows leave the active set
-    once their Newton decrement ``−gᵀδ`` is below ``tol·(φ + atol)`` (with ``max_steps = 1``
-    every row takes its one step and no test is made).
+    once their Newton decrement ``−gᵀδ`` is below ``tol·(φ + atol)`` and, with ``settle``, their
+    Newton step is negligible too (needed for exact coefficients along nearly flat directions;
+    the fit's inner iterations skip it, being warm-started on every pass).
     """
     k = V.shape[1]
     if k == 0:
@@ -211,8 +213,9 @@ def solve_coefficients(
             # A row moves on while its objective can still drop noticeably or while its step is
             # not negligible: along nearly flat directions (curvature ~ λ) the decrement is tiny
             # long before the coefficients have settled.
-            step_tol = 1e3 * tol * (1 + Ca.abs().amax(-1))
-            moving = (-slope > tol * take(phi_scale, active)) | (delta.abs().amax(-1) > step_tol)
+            moving = -slope > tol * take(phi_scale, active)
+            if settle:
+                moving |= delta.abs().amax(-1) > 1e3 * tol * (1 + Ca.abs().amax(-1))
             if not bool(moving.any()):
                 break
             if not bool(moving.all()):
@@ -352,8 +355,7 @@ def moments(source: RowSource, transfer: Transfer) -> Moments:
         X = transfer.remove_gauge(X)
         b = X.shape[0]
         mb = X.mean(0)
-        Xc = X - mb
-        Sb = Xc.T @ Xc
+        Sb = _scatter(X - mb)
         fb = transfer.f(X).mean(0)
         if mean is None:
             n, mean, scatter, mean_out = b, mb, Sb, fb
@@ -365,7 +367,22 @@ def moments(source: RowSource, transfer: Transfer) -> Moments:
         mean_out = mean_out + (fb - mean_out) * (b / tot)
         n = tot
     scatter = 0.5 * (scatter + scatter.T)
+    if not (bool(torch.isfinite(mean).all()) and bool(torch.isfinite(torch.diagonal(scatter)).all())
+            and bool(torch.isfinite(mean_out).all())):
+        raise InputValidationError(
+            f"{source.name} contains NaN or infinite values (or values so large that their squares "
+            "overflow); remove or replace them (e.g. drop the affected rows) before fitting"
+        )
     return Moments(n, mean, scatter, mean_out)
+
+
+def _scatter(Xc: torch.Tensor) -> torch.Tensor:
+    """``Xcᵀ Xc``. On CPU numpy's matmul recognises the transposed product and calls BLAS syrk,
+    which does half the work of a general matrix product."""
+    if Xc.device.type == "cpu":
+        arr = Xc.detach().numpy()
+        return torch.from_numpy(arr.T @ arr)
+    return Xc.T @ Xc
 
 
 def top_eigenvectors(S: torch.Tensor, k: int, transfer: Transfer, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
@@ -456,7 +473,8 @@ class BregmanSolver:
         store.commit()
         return total_pca / self.N
 
-    def coefficient_pass(self, store: CoefStore, m, V, *, max_steps: int, stats: bool, second_moment: bool = False):
+    def coefficient_pass(self, store: CoefStore, m, V, *, max_steps: int, stats: bool, second_moment: bool = False,
+                         settle: bool = False):
         tr, lam = self.tr, self.o.ridge
         gram = PairGram(V)
         K = self.k + (1 if self.o.joint_mean else 0)
@@ -470,7 +488,7 @@ class BregmanSolver:
         for s, X in self._blocks():
             Y = tr.f(X)
             res = solve_coefficients(tr, X, m, V, lam, store.get(s, s + X.shape[0]), max_steps=max_steps,
-                                     gram=gram, atol=self.atol, Y=Y)
+                                     gram=gram, atol=self.atol, Y=Y, settle=settle)
             iters = max(iters, res.newton_iterations)
             store.set(s, s + X.shape[0], res.C)
             tot_D += float(res.divergence.sum())
@@ -580,7 +598,8 @@ class BregmanSolver:
         T, T_inv = normalizer(self.tr, m, V)
         V = V @ T
         store.change_basis(T_inv)
-        st = self.coefficient_pass(store, m, V, max_steps=self.o.polish_steps, stats=False, second_moment=True)
+        st = self.coefficient_pass(store, m, V, max_steps=self.o.polish_steps, stats=False, second_moment=True,
+                                   settle=True)
         ev, U = torch.linalg.eigh(0.5 * (st["S"] + st["S"].T))
         U = U.flip(1)
         V = V @ U
@@ -677,9 +696,12 @@ class BregmanSolver:
             store.change_basis(T_inv)
         V, st = self.finalize_basis(store, m, V)
         final_div = st["divergence"]
-        if o.joint_mean and final_div > pca_div and final_div > init_div:
-            logger.warning("Bregman fit ended above its Euclidean-PCA start (%.6g > %.6g); returning the start",
-                           final_div, init_div)
+        # The iterations decrease the objective monotonically; should round-off or the ridge
+        # ever leave the end above the start (joint: also above PCA), return the start.
+        threshold = min(init_div, pca_div) if o.joint_mean else init_div
+        if final_div > threshold * (1 + 64 * torch.finfo(self.dtype).eps):
+            logger.warning("Bregman fit ended above its start (%.6g > %.6g); returning the start",
+                           final_div, threshold)
             m, V = init_m, init_V
             self.initial_pass(store, m, hessian_at(tr, m, V), V, pca_mean, pca_V, warm=True)
             V, st = self.finalize_basis(store, m, V)

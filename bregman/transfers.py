@@ -69,6 +69,17 @@ def _bernoulli_kl_logits(x_hat: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return kl.clamp_min(0)
 
 
+def _piecewise_quadratic_divergence(a_hat: torch.Tensor, a: torch.Tensor, s_hat: torch.Tensor,
+                                    s: torch.Tensor) -> torch.Tensor:
+    """Divergence of ``F(x) = ½ s(x) x²`` (leaky ReLU, ReLU), ``s(x)`` the slope on x's side of 0.
+
+    ``D = ½ s(a)(â − a)² + ½ (s(â) − s(a)) â²``: exact, and on one side of 0 (the common case)
+    a plain square with no cancellation.
+    """
+    diff = a_hat - a
+    return (0.5 * s * diff * diff + 0.5 * (s_hat - s) * a_hat * a_hat).clamp_min(0)
+
+
 class Transfer:
     """A layer's transfer function ``f = ∇F`` with its potential and divergence.
 
@@ -223,10 +234,10 @@ class LeakyReLU(Transfer):
         return {"negative_slope": self.negative_slope}
 
     def _slope(self, a: torch.Tensor) -> torch.Tensor:
-        return torch.where(a > 0, torch.ones_like(a), torch.full_like(a, self.negative_slope))
+        return torch.full_like(a, self.negative_slope).masked_fill_(a > 0, 1.0)
 
     def f(self, a: torch.Tensor) -> torch.Tensor:
-        return torch.where(a > 0, a, a * self.negative_slope)
+        return F_nn.leaky_relu(a, self.negative_slope)
 
     def F_elements(self, a: torch.Tensor) -> torch.Tensor:
         return 0.5 * a * self.f(a)
@@ -238,12 +249,7 @@ class LeakyReLU(Transfer):
         return self._slope(a)
 
     def divergence_elements(self, a_hat: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
-        s_hat, s = self._slope(a_hat), self._slope(a)
-        diff = a_hat - a
-        # Same side of 0: an exact quadratic, free of cancellation.
-        same = 0.5 * s * diff * diff
-        general = 0.5 * s_hat * a_hat * a_hat - 0.5 * s * a * a - s * a * diff
-        return torch.where(s_hat == s, same, general.clamp_min(0))
+        return _piecewise_quadratic_divergence(a_hat, a, self._slope(a_hat), self._slope(a))
 
 
 class ReLU(Transfer):
@@ -296,16 +302,10 @@ class ReLU(Transfer):
         )
 
     def hessian_diag(self, a: torch.Tensor) -> torch.Tensor:
-        return torch.where(a > 0, torch.ones_like(a), torch.full_like(a, self._floor))
+        return torch.full_like(a, self._floor).masked_fill_(a > 0, 1.0)
 
     def divergence_elements(self, a_hat: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
-        pos_hat, pos = a_hat > 0, a > 0
-        y_hat, y = a_hat.clamp_min(0), a.clamp_min(0)
-        diff = a_hat - a
-        both_pos = 0.5 * diff * diff
-        general = 0.5 * y_hat * y_hat - 0.5 * y * y - y * diff
-        out = torch.where(pos_hat & pos, both_pos, general.clamp_min(0))
-        return torch.where(~pos_hat & ~pos, torch.zeros_like(out), out)
+        return _piecewise_quadratic_divergence(a_hat, a, (a_hat > 0).to(a.dtype), (a > 0).to(a.dtype))
 
 
 class Sigmoid(Transfer):

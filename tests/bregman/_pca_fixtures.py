@@ -1,6 +1,7 @@
 """Small synthetic pre-activation data sets for the Bregman PCA tests."""
 from __future__ import annotations
 
+import pytest
 import torch
 
 ALL_TRANSFERS = ("identity", "leaky_relu", "relu", "sigmoid", "tanh", "softmax")
@@ -35,3 +36,13 @@ def data_for(transfer: str, **kw) -> torch.Tensor:
     if transfer == "softmax":
         return peaked_logits(**{k: v for k, v in kw.items() if k in ("n", "d", "seed", "dtype")})
     return low_rank_data(**kw)
+
+
+@pytest.fixture(scope="module", autouse=False)
+def single_thread():
+    """Run a module's small-array tests on one intra-op thread (restored afterwards): on a
+    shared 2-core machine thread hand-offs cost more than these tiny kernels."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -8,10 +8,20 @@ import sys
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from bregman.pca import BregmanPCA, NotFittedError
 from bregman.transfers import NonMonotoneTransferError, get_transfer
-from tests.bregman._pca_fixtures import NONLINEAR_TRANSFERS, data_for, low_rank_data, peaked_logits
+from tests.bregman._pca_fixtures import (  # noqa: F401  (single_thread is a fixture)
+    NONLINEAR_TRANSFERS,
+    data_for,
+    low_rank_data,
+    peaked_logits,
+    single_thread,
+)
+
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 K = 3
 
@@ -362,3 +372,43 @@ def test_transform_checks_width_and_values():
         est.transform(np.full((2, 6), np.nan))
     with pytest.raises(ValueError, match="2 were expected"):
         est.reconstruct(np.zeros((3, 3)))
+
+
+class _SizedChunks(_Chunks):
+    """Declares its size like bregman.capture.ChunkedActivations (n_rows, d)."""
+
+    def __init__(self, A: torch.Tensor, rows: int, n_rows: int) -> None:
+        super().__init__(A, rows)
+        self.n_rows, self.d = n_rows, A.shape[1]
+
+
+def test_sized_chunk_sources_are_trusted_but_checked():
+    A = data_for("sigmoid", n=120, d=6, seed=14)
+    ref = BregmanPCA("sigmoid", n_components=2).fit(A)
+    est = BregmanPCA("sigmoid", n_components=2).fit(_SizedChunks(A, 50, 120))
+    assert est.divergence_ == pytest.approx(ref.divergence_, rel=1e-9)
+    with pytest.raises(ValueError, match="same on every pass"):
+        BregmanPCA("sigmoid", n_components=2).fit(_SizedChunks(A, 50, 130))
+
+
+@settings(max_examples=12, deadline=None)
+@given(
+    name=st.sampled_from(NONLINEAR_TRANSFERS),
+    seed=st.integers(0, 10_000),
+    n=st.integers(12, 60),
+    d=st.integers(3, 7),
+    scale=st.floats(0.1, 6.0),
+)
+def test_property_fit_beats_pca_and_is_normalized(name, seed, n, d, scale):
+    A = data_for(name, n=n, d=d, seed=seed, scale=scale) if name != "softmax" else peaked_logits(n=n, d=d, seed=seed) * scale
+    k = min(2, d - 1)
+    est = BregmanPCA(name, n_components=k, max_iter=30)
+    C = est.fit_transform(A)
+    assert torch.isfinite(C).all()
+    # The ridge may cost a little where PCA is (nearly) exact, e.g. softmax with k = d - 1 and
+    # one-hot rows; without it the fit is never worse than PCA, by construction.
+    assert est.divergence_ <= est.pca_divergence_ + 1e-5 * est.mean_only_divergence_
+    G = _hessian_gram(est)
+    torch.testing.assert_close(G, torch.eye(k, dtype=torch.float64), atol=1e-6, rtol=0)
+    exact = BregmanPCA(name, n_components=k, max_iter=30, ridge=0.0).fit(A)
+    assert exact.divergence_ <= exact.pca_divergence_ * (1 + 1e-9) + 1e-15
