@@ -22,6 +22,25 @@ _EXPORTS = {
     # the estimator and the exported layer
     "BregmanPCA": "bregman.pca",
     "ExportedLayer": "bregman.exported",
+    "project_coefficients": "bregman.pca",
+    # teachers, their layers, activations and data sets
+    "build_model": "bregman.models",
+    "ARCHITECTURES": "bregman.models",
+    "Teacher": "bregman.teachers",
+    "load_teacher": "bregman.teachers",
+    "detect_format": "bregman.teachers",
+    "TeacherFormatError": "bregman.teachers",
+    "UnsafeTeacherError": "bregman.teachers",
+    "list_layers": "bregman.layers",
+    "split_at": "bregman.layers",
+    "LayerError": "bregman.layers",
+    "capture_preactivations": "bregman.capture",
+    "Dataset": "bregman.datasets",
+    "load_builtin": "bregman.datasets",
+    "load_dataset_file": "bregman.datasets",
+    "DatasetError": "bregman.datasets",
+    # training
+    "train_classifier": "bregman.training",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]

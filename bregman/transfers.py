@@ -56,6 +56,14 @@ class NonMonotoneTransferError(ValueError):
     """The activation is not monotone, so it is not the gradient of a convex potential."""
 
 
+def _nonnegative(x: torch.Tensor) -> torch.Tensor:
+    """Clamp round-off below 0 without cutting the gradient (the divergence's gradient
+    ``f(â) − f(a)`` must survive for training losses, also where the value rounds below 0)."""
+    if x.requires_grad:
+        return x + (x.clamp_min(0) - x).detach()
+    return x.clamp_min(0)
+
+
 def _bernoulli_kl_logits(x_hat: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """Element-wise KL(Bern(σ(x)) ‖ Bern(σ(x̂))) = softplus(x̂) − softplus(x) − σ(x)(x̂ − x).
 
@@ -66,7 +74,7 @@ def _bernoulli_kl_logits(x_hat: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     s = torch.where(x >= 0, torch.ones_like(x), -torch.ones_like(x))
     z, z_hat = s * x, s * x_hat
     kl = F_nn.logsigmoid(z) - F_nn.logsigmoid(z_hat) + torch.sigmoid(-z) * (z_hat - z)
-    return kl.clamp_min(0)
+    return _nonnegative(kl)
 
 
 def _piecewise_quadratic_divergence(a_hat: torch.Tensor, a: torch.Tensor, s_hat: torch.Tensor,
@@ -77,7 +85,7 @@ def _piecewise_quadratic_divergence(a_hat: torch.Tensor, a: torch.Tensor, s_hat:
     a plain square with no cancellation.
     """
     diff = a_hat - a
-    return (0.5 * s * diff * diff + 0.5 * (s_hat - s) * a_hat * a_hat).clamp_min(0)
+    return _nonnegative(0.5 * s * diff * diff + 0.5 * (s_hat - s) * a_hat * a_hat)
 
 
 class Transfer:
@@ -395,7 +403,7 @@ class Softmax(Transfer):
     def divergence(self, a_hat: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
         log_p = torch.log_softmax(a, dim=-1)
         log_q = torch.log_softmax(a_hat, dim=-1)
-        return (log_p.exp() * (log_p - log_q)).sum(-1).clamp_min(0)
+        return _nonnegative((log_p.exp() * (log_p - log_q)).sum(-1))
 
     def divergence_elements(self, a_hat: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError("the softmax divergence does not split over units; use divergence()")
