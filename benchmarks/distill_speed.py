@@ -5,7 +5,7 @@ number of epochs on the digits training split (optionally tiled to ``--rows`` ro
 is the quality benchmark's MLP 64 → 256 → 128 → 10 (``--teacher-hidden`` to change it), trained
 briefly (its speed, not its accuracy, matters here).
 
-- ``labels``, ``kd`` (cached soft labels), ``hint``, ``bregman``: :func:`bregman.distill.distill`;
+- ``labels``, ``kd`` (cached soft labels), ``hint``, ``bregman``: :func:`bregman.distillation.distill`;
   the epoch time is the loop's own measurement (steps only, no evaluation);
 - ``kd (online teacher)``: the same kd loss, with the teacher run on every batch (what a
   distillation loop without the target cache pays);
@@ -27,9 +27,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks._report import report  # noqa: E402
 from bregman.datasets import load_builtin  # noqa: E402
-from bregman.distill import distill  # noqa: E402
-from bregman.distill.losses import kd_loss  # noqa: E402
-from bregman.distill.students import build_student  # noqa: E402
+from bregman.distillation import distill  # noqa: E402
+from bregman.distillation.losses import kd_loss  # noqa: E402
+from bregman.distillation.students import build_student  # noqa: E402
 from bregman.models import build_model  # noqa: E402
 from bregman.teachers import Teacher  # noqa: E402
 from bregman.training import seeded, train_classifier, train_loop  # noqa: E402

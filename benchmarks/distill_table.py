@@ -41,7 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks._report import report  # noqa: E402
 from bregman.datasets import load_builtin  # noqa: E402
-from bregman.distill import TargetCache, distill  # noqa: E402
+from bregman.distillation import TargetCache, distill  # noqa: E402
 from bregman.models import build_model  # noqa: E402
 from bregman.teachers import Teacher  # noqa: E402
 from bregman.training import accuracy, seeded, train_classifier  # noqa: E402

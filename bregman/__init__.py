@@ -39,8 +39,12 @@ _EXPORTS = {
     "load_builtin": "bregman.datasets",
     "load_dataset_file": "bregman.datasets",
     "DatasetError": "bregman.datasets",
-    # training
+    # training and distillation
     "train_classifier": "bregman.training",
+    "distill": "bregman.distillation",
+    "DistillResult": "bregman.distillation",
+    "TargetCache": "bregman.distillation",
+    "load_student": "bregman.distillation",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]

@@ -68,8 +68,8 @@ def _clean(value: Any) -> Any:
 
 def run_distillation(run: JobRun, spec: dict[str, Any], teacher: Any, dataset: Any, teacher_sha256: str,
                      out_dir: Path, representation: dict[str, Any] | None) -> dict[str, Any]:
-    from bregman.distill.api import distill
-    from bregman.distill.targets import TargetCache
+    from bregman.distillation.api import distill
+    from bregman.distillation.targets import TargetCache
 
     device = resolve_device(spec.get("device", "cpu"))
     seed = int(spec.get("seed", 0))

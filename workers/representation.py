@@ -108,7 +108,7 @@ def fit_representation(run: JobRun, spec: dict[str, Any], teacher: Any, dataset:
 
 def _fit(run: JobRun, spec: dict[str, Any], teacher: Any, dataset: Any, teacher_sha256: str, out_dir: Path,
          work_dir: Path) -> tuple[dict[str, Any], Any]:
-    from bregman.distill.cut import resolve_cut
+    from bregman.distillation.cut import resolve_cut
     from bregman.pca import BregmanPCA
 
     device = resolve_device(spec.get("device", "cpu"))

@@ -5,8 +5,8 @@ import pytest
 import torch
 from torch import nn
 
-from bregman.distill import METHODS, TargetCache, distill
-from bregman.distill.methods import DistilledModel, MethodError
+from bregman.distillation import METHODS, TargetCache, distill
+from bregman.distillation.methods import DistilledModel, MethodError
 from bregman.layers import LayerError
 from bregman.models import build_model
 from bregman.pca import BregmanPCA
@@ -128,7 +128,7 @@ def test_cache_shares_targets_and_fits_between_calls():
 
 def test_precomputed_representation_fitted_or_loaded_gives_the_same_student(tmp_path):
     x, y = transfer_subset(150)
-    from bregman.distill.cut import resolve_cut
+    from bregman.distillation.cut import resolve_cut
     from bregman.exported import ExportedLayer
 
     cut = resolve_cut(digits_teacher_wrapped(), "2", x[:2])

@@ -9,7 +9,7 @@ import textwrap
 import pytest
 import torch
 
-from bregman.distill import distill, load_student
+from bregman.distillation import distill, load_student
 from tests.bregman._distill_fixtures import digits, digits_teacher_wrapped, one_thread, transfer_subset
 
 

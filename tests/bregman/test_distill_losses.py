@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from bregman.distill.losses import (
+from bregman.distillation.losses import (
     bregman_divergence_loss,
     coefficient_loss,
     hint_loss,

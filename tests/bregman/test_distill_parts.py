@@ -4,10 +4,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from bregman.distill.evaluate import cpu_latency_ms, parameter_count, quality_metrics
-from bregman.distill.methods import DistilledModel, LossSettings, MethodError, frozen_copy, make_batch_loss
-from bregman.distill.students import StudentSpecError, build_student, normalize_spec
-from bregman.distill.targets import TargetCache, coefficients, compute_targets, fingerprint, project_onto_layer
+from bregman.distillation.evaluate import cpu_latency_ms, parameter_count, quality_metrics
+from bregman.distillation.methods import DistilledModel, LossSettings, MethodError, frozen_copy, make_batch_loss
+from bregman.distillation.students import StudentSpecError, build_student, normalize_spec
+from bregman.distillation.targets import TargetCache, coefficients, compute_targets, fingerprint, project_onto_layer
 from bregman.pca import BregmanPCA
 
 

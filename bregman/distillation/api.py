@@ -1,6 +1,6 @@
 """The one-call distillation API: ``distill(teacher, (x, y), layer, method, student, ...)``.
 
-One engine for every method (see :mod:`bregman.distill.methods`): the teacher's targets are
+One engine for every method (see :mod:`bregman.distillation.methods`): the teacher's targets are
 computed once (cached), the student trains with :func:`bregman.training.train_loop`, and the
 result is evaluated against the teacher and can be saved as deployable artifacts.
 """
@@ -17,9 +17,9 @@ from typing import Any, Callable
 import torch
 from torch import Tensor, nn
 
-from bregman.distill.cut import Cut, resolve_cut
-from bregman.distill.evaluate import cost_metrics, parameter_count, quality_metrics
-from bregman.distill.methods import (
+from bregman.distillation.cut import Cut, resolve_cut
+from bregman.distillation.evaluate import cost_metrics, parameter_count, quality_metrics
+from bregman.distillation.methods import (
     LAYER_METHODS,
     DistilledModel,
     LossSettings,
@@ -30,8 +30,8 @@ from bregman.distill.methods import (
     make_batch_loss,
     student_width,
 )
-from bregman.distill.students import build_student
-from bregman.distill.targets import TargetCache, TeacherTargets, coefficients, compute_targets
+from bregman.distillation.students import build_student
+from bregman.distillation.targets import TargetCache, TeacherTargets, coefficients, compute_targets
 from bregman.training import ProgressFn, check_labels, default_device, predict, train_loop
 
 logger = logging.getLogger(__name__)
@@ -133,7 +133,7 @@ class DistillResult:
         and for ``bregman`` the imported layer in ``layer/`` (``layer.safetensors``,
         ``layer.json``). Returns ``{"files": [...], "onnx": status}``.
         """
-        from bregman.distill.export import export_onnx, export_program, save_weights, write_json
+        from bregman.distillation.export import export_onnx, export_program, save_weights, write_json
 
         out = Path(directory)
         out.mkdir(parents=True, exist_ok=True)
@@ -167,7 +167,7 @@ def load_student(directory: str | Path, *, device: torch.device | str | None = N
 
     from safetensors.torch import load_file
 
-    from bregman.distill.students import student_from_manifest
+    from bregman.distillation.students import student_from_manifest
 
     src = Path(directory)
     manifest_path, weights_path = src / "student.json", src / "student.safetensors"

@@ -171,26 +171,14 @@ def project_onto_layer(layer: Any, a: Tensor, *, max_steps: int = 50) -> Tensor:
     layer's manifest: the projection ``BregmanPCA.transform`` computes, for a layer whose
     estimator is not at hand (e.g. the result of an earlier representation job).
     """
-    from bregman._pca_solver import PairGram, hessian_at, initial_coefficients, solve_coefficients
-    from bregman.pca import DEFAULT_RIDGE
+    from bregman.pca import DEFAULT_RIDGE, project_coefficients
 
-    transfer = layer.transfer
-    m = layer.mean.detach()
-    V = layer.components.detach().T.contiguous()  # (d, k)
-    if a.shape[1] != V.shape[0]:
-        raise ValueError(f"the exported layer has d={V.shape[0]} units but the pre-activations have {a.shape[1]}: "
+    d = layer.components.shape[1]
+    if a.shape[1] != d:
+        raise ValueError(f"the exported layer has d={d} units but the pre-activations have {a.shape[1]}: "
                          "the representation belongs to another layer")
-    X = transfer.remove_gauge(a.to(device=m.device, dtype=torch.float64))
-    m, V = m.double(), V.double()
-    if transfer.name == "identity":
-        return (X - m) @ V
+    # float64: the per-row Newton solves are then exact to round-off whatever the source
+    a = a.to(device=layer.mean.device, dtype=torch.float64)
     ridge = float(layer.manifest.get("ridge", DEFAULT_RIDGE))
-    HV = hessian_at(transfer, m, V)
-    gram = PairGram(V)
-    rows = max(64, (1 << 23) // (X.shape[1] + V.shape[1] ** 2))
-    out = []
-    for s in range(0, X.shape[0], rows):
-        Xb = X[s:s + rows]
-        C0 = initial_coefficients(transfer, Xb, m, V, HV, ridge)
-        out.append(solve_coefficients(transfer, Xb, m, V, ridge, C0, max_steps=max_steps, gram=gram).C)
-    return torch.cat(out)
+    return project_coefficients(layer.transfer, layer.mean.detach().double(), layer.components.detach().double(),
+                                a, ridge=ridge, max_steps=max_steps)

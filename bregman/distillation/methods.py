@@ -15,7 +15,7 @@ bregman    k coefficients ĉ        head(g(student(x))), g(c) =     w_coef·½�
 =========  ======================  ==============================  =================================
 
 The teacher's targets (outputs, pre-activations ``a``, coefficients ``c``) come from the cache
-(:mod:`bregman.distill.targets`), so no method runs the teacher during the student's epochs.
+(:mod:`bregman.distillation.targets`), so no method runs the teacher during the student's epochs.
 The imported layer and the head are frozen copies: training never touches the teacher.
 """
 from __future__ import annotations
@@ -27,7 +27,7 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import Tensor, nn
 
-from bregman.distill.losses import (
+from bregman.distillation.losses import (
     bregman_divergence_loss,
     coefficient_loss,
     hint_loss,

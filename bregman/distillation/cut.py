@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from bregman.distill.methods import ProbabilitiesToLogits
+from bregman.distillation.methods import ProbabilitiesToLogits
 from bregman.layers import LayerError, LayerInfo, list_layers, split_at
 from bregman.transfers import Transfer, get_transfer
 

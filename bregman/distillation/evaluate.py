@@ -13,7 +13,7 @@ import time
 import torch
 from torch import Tensor, nn
 
-from bregman.distill.losses import kl_to_teacher
+from bregman.distillation.losses import kl_to_teacher
 from bregman.training import check_labels, predict
 
 
