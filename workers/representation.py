@@ -15,10 +15,12 @@ Report dict (``report.json``; also what ``workers.report_plots.write_representat
       "kind": "representation", "teacher_sha256": str, "layer": str, "dataset": str,
       "transfer": str, "transfer_params": dict, "d": int, "n_train": int, "n_test": int,
       "n_components": int,                  # k
-      "k": [1, ..., k],                     # for the curves
-      "bregman_divergence": [float] * k,    # mean divergence of the fit with the first j directions
-      "pca_divergence": [float] * k,        # Euclidean PCA (same geometry) with j directions
-      "explained_divergence_ratio": [float] * k,   # cumulative share of the mean-only divergence
+      "k": [int, ...],                      # the k values of the curves (all of 1..k when k <= 8)
+      "bregman_divergence": [float, ...],   # a Bregman PCA fit of its own at each curve k
+      "pca_divergence": [float, ...],       # Euclidean PCA (same geometry) at each curve k
+      "explained_divergence_ratio": [float, ...],  # share of the mean-only divergence, per curve k
+      "curve_rows": int,                    # the curves are fitted on the first curve_rows rows
+      "explained_divergence_ratio_by_component": [float] * k,  # the job's fit, first j directions
       "divergence": float,                  # train, all k directions (= bregman_divergence[-1])
       "pca_divergence_at_k": float,
       "mean_only_divergence": float,
@@ -45,21 +47,33 @@ PHASES = {"load": 0.05, "capture": 0.15, "fit": 0.6, "export": 0.2}
 #: above this many pre-activation values (rows × d) the capture is spilled to disk in chunks and
 #: the fit, the projections and the scores stream over them (one chunk in memory at a time)
 IN_MEMORY_ELEMENTS = 25_000_000
-#: rows used for the Euclidean-PCA comparison curve when the activations are chunked
-CURVE_ROWS = 20_000
+#: rows and number of k values of the divergence-against-k curves. Each k gets a fit of its own:
+#: Bregman PCA solutions are not nested, so the first j directions of the job's k-direction fit
+#: would understate what j directions can do, and the comparison with PCA would be unfair.
+CURVE_ROWS = 2_000
+CURVE_POINTS = 8
 
 
-def _pca_curve(A: torch.Tensor, transfer: Any, ks: list[int]) -> list[float]:
-    """Mean divergence of Euclidean PCA's reconstruction at each k (same geometry as the fit)."""
-    A = A.double()
-    mu = A.mean(0)
-    X = A - mu
-    _, _, Vh = torch.linalg.svd(X, full_matrices=False)
-    out = []
-    for k in ks:
-        V = Vh[:k]
-        A_hat = mu + (X @ V.T) @ V
-        out.append(float(transfer.divergence(A_hat, A).mean()))
+def _curve_ks(k: int) -> list[int]:
+    """All of 1..k when k is small, else CURVE_POINTS roughly log-spaced values from 1 to k."""
+    if k <= CURVE_POINTS:
+        return list(range(1, k + 1))
+    grid = torch.logspace(0, float(torch.log10(torch.tensor(float(k)))), CURVE_POINTS).round().int().tolist()
+    return sorted(set(grid) | {1, k})
+
+
+def _divergence_curves(run: JobRun, A: torch.Tensor, transfer: Any, ks: list[int], kwargs: dict[str, Any]
+                       ) -> dict[str, list[float]]:
+    """Bregman PCA and Euclidean PCA (same geometry) at each k, each k its own fit on ``A``."""
+    from bregman.pca import BregmanPCA
+
+    out: dict[str, list[float]] = {"bregman_divergence": [], "pca_divergence": [], "explained_divergence_ratio": []}
+    for i, j in enumerate(ks):
+        run.progress("export", 0.5 + 0.4 * i / len(ks))  # also the cancellation check between fits
+        est = BregmanPCA(transfer, n_components=j, **kwargs).fit(A)
+        out["bregman_divergence"].append(float(est.divergence_))
+        out["pca_divergence"].append(float(est.pca_divergence_))
+        out["explained_divergence_ratio"].append(float(est.explained_divergence_ratio_[-1]))
     return out
 
 
@@ -154,7 +168,6 @@ def _fit(run: JobRun, spec: dict[str, Any], teacher: Any, dataset: Any, teacher_
     run.progress("export", 0.0, {"divergence": float(pca.divergence_)})
 
     k = int(pca.n_components_)
-    ks = list(range(1, k + 1))
     layer = pca.export_layer(teacher_sha256=teacher_sha256, layer=str(spec["layer"]), dataset=str(spec["dataset"]))
     layer.save(out_dir)
     from safetensors.torch import save_file
@@ -170,6 +183,10 @@ def _fit(run: JobRun, spec: dict[str, Any], teacher: Any, dataset: Any, teacher_
     save_file(coeffs, str(out_dir / "coefficients.safetensors"))
     run.progress("export", 0.5)
 
+    ks = _curve_ks(k)
+    A_curve = _head_rows(A, CURVE_ROWS)
+    curve_rows = int(A_curve.shape[0])
+    curves = _divergence_curves(run, A_curve, pca.transfer_, ks, {**kwargs, "device": device})
     report = {
         "kind": "representation",
         "teacher_sha256": teacher_sha256,
@@ -182,9 +199,9 @@ def _fit(run: JobRun, spec: dict[str, Any], teacher: Any, dataset: Any, teacher_
         "n_test": n_test,
         "n_components": k,
         "k": ks,
-        "bregman_divergence": _floats(pca.divergence_by_component_),
-        "pca_divergence": _pca_curve(_head_rows(A, CURVE_ROWS).cpu(), pca.transfer_, ks),
-        "explained_divergence_ratio": _floats(pca.explained_divergence_ratio_),
+        **curves,
+        "curve_rows": curve_rows,
+        "explained_divergence_ratio_by_component": _floats(pca.explained_divergence_ratio_),
         "divergence": float(pca.divergence_),
         "pca_divergence_at_k": float(pca.pca_divergence_),
         "mean_only_divergence": float(pca.mean_only_divergence_),
@@ -207,7 +224,7 @@ def _fit(run: JobRun, spec: dict[str, Any], teacher: Any, dataset: Any, teacher_
         "d": d,
         "divergence": report["divergence"],
         "pca_divergence": report["pca_divergence_at_k"],
-        "explained_divergence_ratio": report["explained_divergence_ratio"][-1] if ks else None,
+        "explained_divergence_ratio": float(pca.explained_divergence_ratio_[-1]),
         "test_divergence": test_div,
         "transfer": report["transfer"],
     }

@@ -65,3 +65,24 @@ def test_chunked_capture_gives_the_same_representation(tmp_path, teacher_and_dat
     assert report["k"] == [1, 2, 3] and len(report["pca_divergence"]) == 3
     assert report["n_train"] == 300 and report["transfer"] == "leaky_relu"
     assert {"layer.safetensors", "layer.json"} <= {p.name for p in out_b.iterdir()}
+
+
+def test_divergence_curves_fit_each_k_on_its_own(tmp_path, teacher_and_data):
+    """The divergence-against-k curve is a separate fit per k, never worse than PCA's, and its
+    last point is the job's own k (so the plot compares like with like)."""
+    teacher, ds = teacher_and_data
+    out = tmp_path / "c"
+    out.mkdir()
+    spec = {**SPEC, "solver": {"max_iter": 30, "ridge": 0.0}}
+    with _run(tmp_path, "rc") as run:
+        metrics, est = representation.fit_representation(run, spec, teacher, ds, "ab" * 32, out)
+    report = json.loads((out / "report.json").read_text())
+    assert report["k"] == [1, 2, 3] and report["curve_rows"] == 300
+    breg, pca = report["bregman_divergence"], report["pca_divergence"]
+    assert all(b <= p * (1 + 1e-9) for b, p in zip(breg, pca))
+    assert breg == sorted(breg, reverse=True)  # more directions, less divergence
+    # same rows, same k, same options as the job's fit: the curve's end is the job's divergence
+    assert breg[-1] == pytest.approx(metrics["divergence"], rel=1e-6)
+    assert len(report["explained_divergence_ratio_by_component"]) == 3
+    assert representation._curve_ks(40) == sorted(set(representation._curve_ks(40)))
+    assert representation._curve_ks(40)[0] == 1 and representation._curve_ks(40)[-1] == 40
