@@ -62,19 +62,23 @@ KNOBS: dict[str, tuple[str, tuple[float, ...]]] = {
 def variants(fixed_k: int, fixed_k_penultimate: int) -> list[dict[str, Any]]:
     """The methods compared: (name, method, layer, n_components).
 
-    bregman runs with the library's default k (the smallest k explaining 95 % of the divergence
-    on the transfer set), a fixed small k, and at the logits also the full k = d − 1 = 9 (softmax
-    has one gauge direction), because the 95 % rule picks k = 2..5 there.
+    bregman runs with the library's default k (the smallest k explaining
+    ``DEFAULT_EXPLAINED_DIVERGENCE`` of the divergence on the transfer set), a fixed small k, and
+    at the logits also the full k = d − 1 = 9 (softmax has one gauge direction): a 95 % rule
+    picked k = 2..5 there.
     """
+    from bregman.distillation.api import DEFAULT_EXPLAINED_DIVERGENCE
+
+    share = f"k={DEFAULT_EXPLAINED_DIVERGENCE:.1%}".replace(".0%", "%")
     return [
         {"name": "labels", "method": "labels", "layer": None, "k": None},
         {"name": "kd", "method": "kd", "layer": None, "k": None},
         {"name": "hint@logits", "method": "hint", "layer": "4", "k": None},
         {"name": "hint@penultimate", "method": "hint", "layer": "2", "k": None},
-        {"name": "bregman@logits k=95%", "method": "bregman", "layer": "4", "k": None},
+        {"name": f"bregman@logits {share}", "method": "bregman", "layer": "4", "k": None},
         {"name": f"bregman@logits k={fixed_k}", "method": "bregman", "layer": "4", "k": fixed_k},
         {"name": "bregman@logits k=9", "method": "bregman", "layer": "4", "k": 9},
-        {"name": "bregman@penultimate k=95%", "method": "bregman", "layer": "2", "k": None},
+        {"name": f"bregman@penultimate {share}", "method": "bregman", "layer": "2", "k": None},
         {"name": f"bregman@penultimate k={fixed_k_penultimate}", "method": "bregman", "layer": "2",
          "k": fixed_k_penultimate},
     ]

@@ -397,8 +397,13 @@ class Softmax(Transfer):
         return p * (1 - p)
 
     def hvp(self, a: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        p = torch.softmax(a, dim=-1)
-        return p * v - p * (p * v).sum(-1, keepdim=True)
+        # (Hv)_j = p_j (v_j − pᵀv). Where p is peaked and v large (normalized directions at a
+        # peaked mean reach 1e5), v_j − pᵀv cancels catastrophically and VᵀHV loses ~1e-5.
+        # H·1 = 0, so v may be shifted by a constant first: shifting it to 0 at the dominant
+        # unit leaves only small-weighted terms in pᵀv, and the subtraction is exact enough.
+        p, v = torch.broadcast_tensors(torch.softmax(a, dim=-1), v)
+        w = v - v.gather(-1, p.argmax(-1, keepdim=True))
+        return p * (w - (p * w).sum(-1, keepdim=True))
 
     def divergence(self, a_hat: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
         log_p = torch.log_softmax(a, dim=-1)

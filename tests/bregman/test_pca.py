@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from bregman.pca import BregmanPCA, NotFittedError
@@ -399,6 +399,11 @@ def test_sized_chunk_sources_are_trusted_but_checked():
     d=st.integers(3, 7),
     scale=st.floats(0.1, 6.0),
 )
+# Found by hypothesis: softmax with k = d - 1 on peaked logits. The first let the mean drift to
+# where ∇²F(m) is near singular (VᵀHV off by 4e13); the second lost 5e-6 of VᵀHV to
+# cancellation in the softmax Hessian-vector product.
+@example(name="softmax", seed=0, n=12, d=3, scale=6.0)
+@example(name="softmax", seed=116, n=12, d=3, scale=4.0)
 def test_property_fit_beats_pca_and_is_normalized(name, seed, n, d, scale):
     A = data_for(name, n=n, d=d, seed=seed, scale=scale) if name != "softmax" else peaked_logits(n=n, d=d, seed=seed) * scale
     k = min(2, d - 1)
@@ -412,3 +417,51 @@ def test_property_fit_beats_pca_and_is_normalized(name, seed, n, d, scale):
     torch.testing.assert_close(G, torch.eye(k, dtype=torch.float64), atol=1e-6, rtol=0)
     exact = BregmanPCA(name, n_components=k, max_iter=30, ridge=0.0).fit(A)
     assert exact.divergence_ <= exact.pca_divergence_ * (1 + 1e-9) + 1e-15
+
+
+# --- a float n_components is chosen from the candidates' own fits -----------------------------
+def test_float_n_components_chooses_the_smallest_k_whose_own_fit_reaches_the_share():
+    A = low_rank_data(n=200, d=8, rank=4, noise=0.2, seed=21)
+    own = {k: BregmanPCA("sigmoid", n_components=k).fit(A).explained_divergence_ratio_[-1] for k in (2, 3)}
+    assert own[2] < own[3]
+    share = 0.5 * (own[2] + own[3])  # reached by a 3-direction fit, not by a 2-direction fit
+    est = BregmanPCA("sigmoid", n_components=share).fit(A)
+    assert est.n_components_ == 3
+    searched = est.n_components_search_
+    assert searched[3] >= share and searched[2] < share  # the search's own fits, k and k - 1
+    assert est.explained_divergence_ratio_[-1] == pytest.approx(searched[3])
+    assert est.explained_divergence_ratio_[-1] >= share  # what is returned reaches the share
+    assert BregmanPCA("sigmoid", n_components=2).fit(A).explained_divergence_ratio_[-1] < share
+    # a later integer fit forgets the search
+    est.n_components = 2
+    assert not hasattr(est.fit(A), "n_components_search_")
+
+
+def test_float_n_components_uses_the_largest_k_when_the_share_is_out_of_reach(caplog):
+    A = low_rank_data(n=60, d=4, rank=4, noise=0.5, seed=3)
+    with caplog.at_level("WARNING", logger="bregman.pca"):
+        est = BregmanPCA("tanh", n_components=0.999999999).fit(A)
+    assert est.n_components_ == 3
+    assert "explain only" in caplog.text
+
+
+# --- the fit's end is compared with its start honestly ---------------------------------------
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_no_false_fallback_at_near_exact_float32_softmax_fits(seed, caplog):
+    """k = d - 1 on peaked float32 logits: PCA is nearly exact and the ridge's cost shows. The
+    fit used to compare its divergence (ridge excluded, float32 round-off ~ eps·|F| per row) with
+    the start's and fell back to the start; now it keeps its own lower-objective result."""
+    A = peaked_logits(n=300, d=6, seed=seed, dtype=torch.float32)
+    with caplog.at_level("WARNING", logger="bregman._pca_solver"):
+        est = BregmanPCA("softmax", n_components=5).fit(A)
+    assert "above its start" not in caplog.text
+    assert est.divergence_ < est.init_divergence_
+
+
+@pytest.mark.parametrize(("n", "scale"), [(40, 1.8125), (12, 1.0), (30, 3.0)])
+def test_ridge_free_joint_fit_never_ends_above_pca_where_pca_is_exact(n, scale):
+    """softmax with k = d - 1: Euclidean PCA is exact to ~1e-18; a fallback to the start must
+    return PCA's own coefficients, not a re-projection (which stopped at ~1e-9)."""
+    A = peaked_logits(n=n, d=3, seed=0) * scale
+    est = BregmanPCA("softmax", n_components=2, max_iter=30, ridge=0.0).fit(A)
+    assert est.divergence_ <= est.pca_divergence_ * (1 + 1e-9) + 1e-15
