@@ -14,6 +14,13 @@ ERROR_RESPONSES = {
 }
 
 
+def page(db: Session, model, conditions: list, order_by: tuple, limit: int, offset: int) -> tuple[list, int]:
+    """One page of ``model`` rows matching ``conditions``, and how many match in all."""
+    total = db.execute(select(func.count()).select_from(model).where(*conditions)).scalar_one()
+    rows = db.execute(select(model).where(*conditions).order_by(*order_by).limit(limit).offset(offset)).scalars()
+    return list(rows), total
+
+
 def get_teacher(db: Session, tenant: str, teacher_id: str) -> Teacher:
     t = db.get(Teacher, teacher_id)
     if t is None or t.tenant != tenant:

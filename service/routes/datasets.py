@@ -4,14 +4,13 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Query, Request, Response
-from sqlalchemy import func, select
 from starlette.concurrency import run_in_threadpool
 
 from api_schemas import DatasetList, DatasetOut
 from api_schemas.common import ErrorResponse, ValidationErrorResponse
 from service.deps import BlobsDep, DbDep, SettingsDep, TenantDep, get_queue
 from service.errors import unprocessable
-from service.routes.common import active_jobs_using, get_dataset, release_blob, visible_datasets
+from service.routes.common import active_jobs_using, get_dataset, page, release_blob, visible_datasets
 from service.serialize import dataset_out
 from service.sniff import SniffError, sniff_dataset
 from service.uploads import receive_upload
@@ -81,11 +80,8 @@ def list_datasets(
 ):
     """Built-in data sets (``builtin=true``, id = name) and this tenant's uploads."""
     cond = visible_datasets(tenant)
-    total = db.execute(select(func.count()).select_from(Dataset).where(cond)).scalar_one()
-    rows = db.execute(
-        select(Dataset).where(cond).order_by(Dataset.builtin.desc(), Dataset.created_at.desc(), Dataset.id)
-        .limit(limit).offset(offset)
-    ).scalars()
+    rows, total = page(db, Dataset, [cond], (Dataset.builtin.desc(), Dataset.created_at.desc(), Dataset.id),
+                       limit, offset)
     return DatasetList(items=[dataset_out(d) for d in rows], total=total, limit=limit, offset=offset)
 
 

@@ -9,14 +9,14 @@ from typing import Annotated
 
 from fastapi import APIRouter, Body, Header, HTTPException, Query, Request, Response
 from fastapi.responses import StreamingResponse
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from starlette.concurrency import run_in_threadpool
 
 from api_schemas import DistillationSpec, JobKind, JobList, JobOut, JobSpec, JobState, RepresentationSpec
 from api_schemas.common import ErrorResponse, ValidationErrorResponse
 from service.deps import DbDep, SettingsDep, TenantDep, get_queue
-from service.routes.common import get_job
+from service.routes.common import get_job, page
 from service.serialize import job_out
 from service.validation import validate_distillation, validate_representation
 from storage import jobs as jobstate
@@ -120,8 +120,7 @@ def list_jobs(
         cond.append(Job.state == state.value)
     if kind:
         cond.append(Job.kind == kind.value)
-    total = db.execute(select(func.count()).select_from(Job).where(*cond)).scalar_one()
-    rows = db.execute(select(Job).where(*cond).order_by(Job.created_at.desc(), Job.id).limit(limit).offset(offset)).scalars()
+    rows, total = page(db, Job, cond, (Job.created_at.desc(), Job.id), limit, offset)
     return JobList(items=[job_out(j) for j in rows], total=total, limit=limit, offset=offset)
 
 

@@ -5,14 +5,14 @@ import json
 from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Query, Request, Response
-from sqlalchemy import func, select
+from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
 
 from api_schemas import LayerList, TeacherList, TeacherOut, TeacherStatus
 from api_schemas.common import ErrorResponse, ValidationErrorResponse
 from service.deps import BlobsDep, DbDep, SettingsDep, TenantDep, get_queue
 from service.errors import unprocessable
-from service.routes.common import active_jobs_using, get_teacher, release_blob
+from service.routes.common import active_jobs_using, get_teacher, page, release_blob
 from service.serialize import layer_outs, teacher_out
 from service.sniff import SniffError, manifest_required, sniff_teacher
 from service.uploads import receive_upload
@@ -121,10 +121,7 @@ def list_teachers(
     cond = [Teacher.tenant == tenant]
     if status:
         cond.append(Teacher.status == status.value)
-    total = db.execute(select(func.count()).select_from(Teacher).where(*cond)).scalar_one()
-    rows = db.execute(
-        select(Teacher).where(*cond).order_by(Teacher.created_at.desc(), Teacher.id).limit(limit).offset(offset)
-    ).scalars()
+    rows, total = page(db, Teacher, cond, (Teacher.created_at.desc(), Teacher.id), limit, offset)
     return TeacherList(items=[teacher_out(t) for t in rows], total=total, limit=limit, offset=offset)
 
 
