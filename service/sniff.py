@@ -73,16 +73,22 @@ def _zip_names(path: Path) -> list[str] | None:
         return None
 
 
-def sniff_teacher(path: str | Path) -> str:
-    """``"pt2" | "safetensors" | "state_dict"``, or :class:`SniffError` saying what is wrong."""
-    path = Path(path)
+def _read_head(path: Path, pickle_message: str) -> tuple[bytes, int]:
+    """The first bytes and the size of an upload; an empty file or a pickle is refused here."""
     size = path.stat().st_size
     with open(path, "rb") as fh:
         head = fh.read(16)
     if size == 0:
         raise SniffError("the file is empty")
     if _is_pickle(head):
-        raise PickleRefused(PICKLE_MESSAGE)
+        raise PickleRefused(pickle_message)
+    return head, size
+
+
+def sniff_teacher(path: str | Path) -> str:
+    """``"pt2" | "safetensors" | "state_dict"``, or :class:`SniffError` saying what is wrong."""
+    path = Path(path)
+    head, size = _read_head(path, PICKLE_MESSAGE)
     if head.startswith(_ZIP_MAGIC):
         names = _zip_names(path)
         if names is None:
@@ -107,16 +113,11 @@ def sniff_teacher(path: str | Path) -> str:
 def sniff_dataset(path: str | Path) -> str:
     """``"npz" | "safetensors"``, or :class:`SniffError`."""
     path = Path(path)
-    size = path.stat().st_size
-    with open(path, "rb") as fh:
-        head = fh.read(16)
-    if size == 0:
-        raise SniffError("the file is empty")
-    if _is_pickle(head):
-        raise PickleRefused(
-            "the file is a Python pickle; pickles can run code when loaded, so they are refused. Send an "
-            ".npz (numpy.savez) or a safetensors file with x_train, y_train, x_test, y_test"
-        )
+    head, size = _read_head(
+        path,
+        "the file is a Python pickle; pickles can run code when loaded, so they are refused. Send an "
+        ".npz (numpy.savez) or a safetensors file with x_train, y_train, x_test, y_test",
+    )
     if head.startswith(_ZIP_MAGIC):
         names = _zip_names(path)
         if names and all(n.endswith(".npy") for n in names):
