@@ -90,3 +90,21 @@ def test_chunks_reproduce_the_in_memory_rows() -> None:
     assert len(chunks) == 5
     assert torch.equal(torch.cat(list(chunks)), make_data(spec))
     assert torch.equal(torch.cat(list(chunks)), torch.cat(list(chunks)))  # re-iterable
+
+
+def test_short_fits_are_timed_by_the_median_of_repeats() -> None:
+    from benchmarks._fit_baselines import FitResult
+
+    mean, comps = torch.zeros(3), torch.zeros(1, 3)
+    first = FitResult("x", mean, comps, 1.0, [(2.0, 1.0, 4.0)], 2.0, 4.0, 1, {}, [(2.0, 4.0, mean, comps, None)])
+    walls = iter([5.0, 1.0, 3.0, 0.5])  # with the first (2.0): median of 5 runs is 2.0 -> pick 2.0
+    again = lambda: FitResult("x", mean, comps, 1.0, [], (w := next(walls)), 2 * w, 1, {}, [])  # noqa: E731
+    res = fit_speed._median_of_repeats(first, again, 5)
+    assert res.wall_s == 2.0 and res.cpu_s == 4.0
+    assert res.info["repeat_wall_s"] == [2.0, 5.0, 1.0, 3.0, 0.5]
+    walls = iter([0.5, 0.4])
+    first = FitResult("x", mean, comps, 1.0, [(2.0, 1.0, 4.0)], 2.0, 4.0, 1, {}, [(2.0, 4.0, mean, comps, None)])
+    res = fit_speed._median_of_repeats(first, again, 3)
+    assert res.wall_s == 0.5  # the first run (2.0 s) was the outlier
+    assert res.trajectory == [(0.5, 1.0, 1.0)]  # times scaled to the median clock
+    assert res.snapshots[0][:2] == (0.5, 1.0)

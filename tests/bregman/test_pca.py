@@ -465,3 +465,15 @@ def test_ridge_free_joint_fit_never_ends_above_pca_where_pca_is_exact(n, scale):
     A = peaked_logits(n=n, d=3, seed=0) * scale
     est = BregmanPCA("softmax", n_components=2, max_iter=30, ridge=0.0).fit(A)
     assert est.divergence_ <= est.pca_divergence_ * (1 + 1e-9) + 1e-15
+
+
+def test_streamed_data_are_worked_on_in_small_blocks_whatever_the_chunk_size() -> None:
+    """A chunked fit's memory is set by its work blocks; they must not grow with the chunks
+    (an in-memory array keeps its large, faster blocks)."""
+    from bregman._arrays import _STREAM_BLOCK_ELEMENTS, RowSource
+
+    X = np.zeros((6000, 512), dtype=np.float32)
+    streamed = RowSource([X[:3000], X[3000:]])
+    sizes = [b.shape[0] for _, b in streamed.blocks(1024)]
+    assert sum(sizes) == 6000 and max(sizes) * 1024 <= _STREAM_BLOCK_ELEMENTS
+    assert max(b.shape[0] for _, b in RowSource(X).blocks(1024)) == 6000
