@@ -23,15 +23,26 @@ Protocol (identical for every method; run ``--help`` for the options)
   config trained with ``--tune-seeds`` seeds on their own subsets, the best mean validation
   accuracy chosen per method and fraction. Then ``--seeds`` evaluation seeds (other subsets)
   report test accuracy: mean ± std.
+- Ceiling: for each bregman variant, the test accuracy of the teacher's *own* coefficients
+  through the imported layer and head — what a perfect student of that representation gets.
+  The verdict also prints the headroom, teacher accuracy − best baseline: a student that does
+  not beat its teacher cannot lead the best baseline by more than that.
+- Parallel: ``--jobs`` worker processes (spawned; each rebuilds the teacher from its weights)
+  take one (fraction, method) cell at a time; each cell's runs are seeded, so the numbers do
+  not depend on the number of workers.
 """
 from __future__ import annotations
 
 import argparse
 import itertools
 import logging
+import multiprocessing as mp
+import os
 import statistics
 import sys
 import time
+from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +50,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks._report import report  # noqa: E402
+from benchmarks._report import markdown_table, report  # noqa: E402
 from bregman.datasets import load_builtin  # noqa: E402
 from bregman.distillation import TargetCache, distill  # noqa: E402
 from bregman.models import build_model  # noqa: E402
@@ -107,9 +118,74 @@ def run_one(teacher, ds, rows, variant, config, seed, eval_x, eval_y, cache) -> 
                      method=variant["method"], student=STUDENT, n_components=variant["k"], seed=seed,
                      test=(eval_x, eval_y), cache=cache, measure_latency=False, **kwargs)
     m = result.metrics
-    return {"accuracy": m["test_accuracy"], "agreement": m["test_agreement"], "k": result.k,
-            "student_parameters": m["student_parameters"], "parameters": m["parameters"],
-            "train_time_s": m["train_time_s"]}
+    out = {"accuracy": m["test_accuracy"], "agreement": m["test_agreement"], "k": result.k,
+           "student_parameters": m["student_parameters"], "parameters": m["parameters"],
+           "train_time_s": m["train_time_s"]}
+    if "test_representation_accuracy" in m:
+        out["representation_accuracy"] = m["test_representation_accuracy"]
+    return out
+
+
+# --- one (fraction, variant): tuning then evaluation; runs in a worker process ---------------
+_WORKER: dict[str, Any] = {}
+
+
+def _setup(teacher_state: dict[str, torch.Tensor] | None, val_rows: int, threads: int) -> None:
+    """Per process: the teacher (rebuilt from its weights, or trained), data, split and cache."""
+    torch.set_num_threads(threads)
+    logging.basicConfig(level=logging.ERROR)
+    ds = load_builtin("digits")
+    if teacher_state is None:
+        teacher, acc, seconds = train_teacher(ds)
+    else:
+        module = build_model(TEACHER_RECIPE["arch"], **TEACHER_RECIPE["args"])
+        module.load_state_dict(teacher_state)
+        teacher, acc, seconds = Teacher.from_module(module.eval(), (64,)), float("nan"), 0.0
+    perm = torch.randperm(ds.x_train.shape[0], generator=torch.Generator().manual_seed(12345))
+    _WORKER.update(ds=ds, teacher=teacher, teacher_acc=acc, teacher_time=seconds, val=perm[:val_rows],
+                   pool=perm[val_rows:], cache=TargetCache())
+
+
+def _run_cell(fraction: float, variant: dict[str, Any], grid: list[dict[str, Any]], seeds: int,
+              tune_seeds: int) -> dict[str, Any]:
+    w = _WORKER
+    ds, teacher, pool, cache = w["ds"], w["teacher"], w["pool"], w["cache"]
+    x_val, y_val = ds.x_train[w["val"]], ds.y_train[w["val"]]
+    t0 = time.perf_counter()
+    best, best_score, tuning = grid[0], -1.0, []
+    if len(grid) > 1:
+        for config in grid:
+            scores = [run_one(teacher, ds, subset(pool, fraction, 1000 + s), variant, config, 1000 + s,
+                              x_val, y_val, cache)["accuracy"] for s in range(tune_seeds)]
+            score = statistics.mean(scores)
+            tuning.append({**config, "val_accuracy": score})
+            if score > best_score:
+                best, best_score = config, score
+    results = [run_one(teacher, ds, subset(pool, fraction, seed), variant, best, seed, ds.x_test, ds.y_test, cache)
+               for seed in range(seeds)]
+    accs = [r["accuracy"] for r in results]
+    cell = {"config": best, "val_accuracy": best_score, "tuning": tuning,
+            "mean": statistics.mean(accs), "std": statistics.stdev(accs) if len(accs) > 1 else 0.0,
+            "agreement": statistics.mean(r["agreement"] for r in results),
+            "k": [r["k"] for r in results], "student_parameters": results[0]["student_parameters"],
+            "parameters": results[0]["parameters"], "n": int(subset(pool, fraction, 0).numel()),
+            "seconds": time.perf_counter() - t0, "runs": results}
+    if "representation_accuracy" in results[0]:
+        cell["ceiling"] = statistics.mean(r["representation_accuracy"] for r in results)
+    return cell
+
+
+def _cells(executor: Any, jobs: list[tuple[float, dict[str, Any]]], args: argparse.Namespace,
+           grid_of: Any) -> Iterator[tuple[float, dict[str, Any], dict[str, Any]]]:
+    """(fraction, variant, cell) as cells finish: in this process, or on the worker pool."""
+    if executor is None:
+        for fraction, variant in jobs:
+            yield fraction, variant, _run_cell(fraction, variant, grid_of(variant), args.seeds, args.tune_seeds)
+        return
+    futures = {executor.submit(_run_cell, f, v, grid_of(v), args.seeds, args.tune_seeds): (f, v) for f, v in jobs}
+    for fut in as_completed(futures):
+        f, v = futures[fut]
+        yield f, v, fut.result()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -125,76 +201,80 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true",
                         help="2 fractions, 2 seeds, no tuning (lr 3e-3, first knob value): a smoke run")
     parser.add_argument("--no-tune", action="store_true", help="use lr 3e-3 and the first knob value")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads (tiny nets: 1 is fastest)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads per process (tiny nets: 1 is fastest)")
+    parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1,
+                        help="worker processes, one (fraction, method) cell each at a time (default: CPU count)")
     parser.add_argument("--out-dir", default=None)
     args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    logging.basicConfig(level=logging.ERROR)
     if args.quick:
         args.fractions, args.seeds, args.no_tune = [0.05, 1.0], 2, True
+    if args.jobs < 1:
+        parser.error("--jobs must be at least 1")
 
     t_start = time.perf_counter()
-    ds = load_builtin("digits")
-    teacher, teacher_acc, teacher_time = train_teacher(ds)
-    n_train = ds.x_train.shape[0]
-    perm = torch.randperm(n_train, generator=torch.Generator().manual_seed(12345))
-    val_rows, pool = perm[: args.val_rows], perm[args.val_rows:]
-    x_val, y_val = ds.x_train[val_rows], ds.y_train[val_rows]
-    cache = TargetCache()
+    _setup(None, args.val_rows, args.threads)
+    teacher, teacher_acc = _WORKER["teacher"], _WORKER["teacher_acc"]
+    pool = _WORKER["pool"]
     all_variants = variants(args.fixed_k, args.fixed_k_penultimate)
     if args.methods:
         unknown = set(args.methods) - {v["name"] for v in all_variants}
         if unknown:
             parser.error(f"unknown variants {sorted(unknown)}; known: {[v['name'] for v in all_variants]}")
         all_variants = [v for v in all_variants if v["name"] in args.methods]
-    print(f"teacher test accuracy {teacher_acc:.4f} (trained in {teacher_time:.1f} s); pool {pool.numel()} rows, "
-          f"validation {val_rows.numel()} rows", flush=True)
+    print(f"teacher test accuracy {teacher_acc:.4f} (trained in {_WORKER['teacher_time']:.1f} s); pool "
+          f"{pool.numel()} rows, validation {_WORKER['val'].numel()} rows; {args.jobs} worker process(es)", flush=True)
 
-    raw: list[dict[str, Any]] = []
+    def grid_of(variant: dict[str, Any]) -> list[dict[str, Any]]:
+        knob, values = KNOBS[variant["method"]]
+        if args.no_tune:
+            return [{"lr": 3e-3, "knob": knob, "value": values[0]}]
+        return [{"lr": lr, "knob": knob, "value": v} for lr, v in itertools.product(args.lrs, values)]
+
+    jobs = [(f, v) for f in args.fractions for v in all_variants]
     chosen: dict[str, dict[str, Any]] = {}
-    for fraction in args.fractions:
-        for variant in all_variants:
-            knob, values = KNOBS[variant["method"]]
-            grid = [{"lr": lr, "knob": knob, "value": v} for lr, v in itertools.product(args.lrs, values)]
-            if args.no_tune:
-                grid = [{"lr": 3e-3, "knob": knob, "value": values[0]}]
-            best, best_score, tuning = grid[0], -1.0, []
-            if len(grid) > 1:
-                for config in grid:
-                    scores = [run_one(teacher, ds, subset(pool, fraction, 1000 + s), variant, config, 1000 + s,
-                                      x_val, y_val, cache)["accuracy"] for s in range(args.tune_seeds)]
-                    score = statistics.mean(scores)
-                    tuning.append({**config, "val_accuracy": score})
-                    if score > best_score:
-                        best, best_score = config, score
-            results = []
-            for seed in range(args.seeds):
-                r = run_one(teacher, ds, subset(pool, fraction, seed), variant, best, seed, ds.x_test, ds.y_test, cache)
-                results.append(r)
-                raw.append({"variant": variant["name"], "fraction": fraction, "seed": seed, **r})
-            accs = [r["accuracy"] for r in results]
+    raw: list[dict[str, Any]] = []
+    executor = None
+    if args.jobs > 1:
+        # spawn, not fork: the parent has run OpenMP kernels (teacher training); workers rebuild
+        # the teacher from its weights instead of retraining it
+        state = {k: v.detach().clone() for k, v in teacher.module.state_dict().items()}
+        executor = ProcessPoolExecutor(max_workers=args.jobs, mp_context=mp.get_context("spawn"),
+                                       initializer=_setup, initargs=(state, args.val_rows, args.threads))
+    try:
+        for fraction, variant, cell in _cells(executor, jobs, args, grid_of):
             key = f"{variant['name']}|{fraction}"
-            chosen[key] = {"config": best, "val_accuracy": best_score, "tuning": tuning,
-                           "mean": statistics.mean(accs), "std": statistics.stdev(accs) if len(accs) > 1 else 0.0,
-                           "k": [r["k"] for r in results], "student_parameters": results[0]["student_parameters"],
-                           "parameters": results[0]["parameters"], "n": int(subset(pool, fraction, 0).numel())}
+            for seed, r in enumerate(cell.pop("runs")):
+                raw.append({"variant": variant["name"], "fraction": fraction, "seed": seed, **r})
+            chosen[key] = cell
+            ceiling = f", ceiling {100 * cell['ceiling']:.2f}" if "ceiling" in cell else ""
+            best = cell["config"]
             print(f"[{time.perf_counter() - t_start:7.1f}s] f={fraction:<5} {variant['name']:<28} "
-                  f"acc {100 * chosen[key]['mean']:.2f} ± {100 * chosen[key]['std']:.2f}  "
-                  f"(lr={best['lr']}, {best['knob']}={best['value']}, k={chosen[key]['k']})", flush=True)
+                  f"acc {100 * cell['mean']:.2f} ± {100 * cell['std']:.2f}{ceiling}  "
+                  f"(lr={best['lr']}, {best['knob']}={best['value']}, k={cell['k']})", flush=True)
+    finally:
+        if executor is not None:
+            executor.shutdown(cancel_futures=True)
 
     # markdown: one row per method, one column per fraction
     first = all_variants[0]["name"]
     columns = ["method", "student params"] + [f"{100 * f:g}% (n={chosen[first + '|' + str(f)]['n']})"
                                               for f in args.fractions]
-    rows = []
+    rows, ceilings = [], []
     for variant in all_variants:
         row: dict[str, Any] = {"method": variant["name"],
                                "student params": int(chosen[f"{variant['name']}|{args.fractions[0]}"]["student_parameters"])}
+        ceiling_row: dict[str, Any] = {"method": variant["name"], "student params": row["student params"]}
         for f, col in zip(args.fractions, columns[2:]):
             c = chosen[f"{variant['name']}|{f}"]
             row[col] = f"{100 * c['mean']:.2f} ± {100 * c['std']:.2f}"
+            if "ceiling" in c:
+                ceiling_row[col] = f"{100 * c['ceiling']:.2f}"
         rows.append(row)
-    # the issue's target: best bregman variant against the best baseline, per fraction
+        if len(ceiling_row) > 2:
+            ceilings.append(ceiling_row)
+    # the issue's target: best bregman variant against the best baseline, per fraction; the
+    # headroom (teacher − best baseline) bounds what any student that does not beat its teacher
+    # can gain over the baseline
     verdict = []
     for f in args.fractions:
         base = [(chosen[f"{v['name']}|{f}"]["mean"], v["name"]) for v in all_variants if v["method"] != "bregman"]
@@ -202,21 +282,28 @@ def main(argv: list[str] | None = None) -> int:
         if base and breg:
             (b_acc, b_name), (r_acc, r_name) = max(base), max(breg)
             verdict.append({"fraction": f, "best_baseline": b_name, "baseline_acc": b_acc, "best_bregman": r_name,
-                            "bregman_acc": r_acc, "gap_points": 100 * (r_acc - b_acc)})
+                            "bregman_acc": r_acc, "gap_points": 100 * (r_acc - b_acc),
+                            "headroom_points": 100 * (teacher_acc - b_acc),
+                            "bregman_ceiling": chosen[f"{r_name}|{f}"].get("ceiling")})
     print(f"\nteacher: MLP 64-256-128-10, test accuracy {100 * teacher_acc:.2f}%, "
           f"{sum(p.numel() for p in teacher.module.parameters())} parameters\n")
     report("distill_table", rows, columns=columns,
            params={"fractions": args.fractions, "seeds": args.seeds, "tune_seeds": args.tune_seeds,
                    "no_tune": args.no_tune, "student": STUDENT, "teacher": TEACHER_RECIPE, "lrs": args.lrs,
-                   "knobs": KNOBS, "val_rows": args.val_rows, "pool_rows": int(pool.numel())},
+                   "knobs": KNOBS, "val_rows": args.val_rows, "pool_rows": int(pool.numel()), "jobs": args.jobs},
            extra={"teacher_test_accuracy": teacher_acc, "chosen": chosen, "runs": raw, "verdict": verdict,
-                  "wall_time_s": time.perf_counter() - t_start},
+                  "ceilings": ceilings, "wall_time_s": time.perf_counter() - t_start},
            out_dir=args.out_dir)
+    if ceilings:
+        print("\nceiling of each bregman variant: test accuracy of the teacher's own coefficients through "
+              "the imported layer and head (mean over seeds)\n")
+        print(markdown_table(ceilings, columns))
     if verdict:
-        print("\nbest bregman vs best baseline (accuracy points):")
+        print("\nbest bregman vs best baseline (accuracy points; headroom = teacher − best baseline):")
         for v in verdict:
             print(f"  {100 * v['fraction']:g}%: {v['best_bregman']} {100 * v['bregman_acc']:.2f} vs "
-                  f"{v['best_baseline']} {100 * v['baseline_acc']:.2f} -> {v['gap_points']:+.2f}")
+                  f"{v['best_baseline']} {100 * v['baseline_acc']:.2f} -> {v['gap_points']:+.2f} "
+                  f"(headroom {v['headroom_points']:+.2f})")
     print(f"\nwall time {time.perf_counter() - t_start:.0f} s")
     return 0
 

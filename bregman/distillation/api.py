@@ -80,7 +80,10 @@ class DistillResult:
         The imported layer (``bregman``), frozen.
     metrics : dict
         Quality (``test_accuracy``, ``test_agreement``, ``test_kl_to_teacher``,
-        ``test_teacher_accuracy``, the same on the transfer set with prefix ``transfer_``) and cost
+        ``test_teacher_accuracy``, the same on the transfer set with prefix ``transfer_``; for
+        ``bregman`` also ``test_representation_accuracy`` / ``_agreement`` / ``_kl_to_teacher``:
+        the teacher's own coefficients through the imported layer and head, the ceiling of any
+        student of this representation) and cost
         (``parameters``, ``student_parameters``, ``teacher_parameters``, ``latency_ms``,
         ``teacher_latency_ms``), plus the representation's ``explained_divergence`` and times.
     history : dict of lists
@@ -456,6 +459,15 @@ def distill(
         test_targets = targets_of(test_x)
         metrics.update(quality_metrics(to_logits(predict(model, test_x, device=dev)), test_y,
                                        to_logits(test_targets.outputs), prefix="test_"))
+        if method == "bregman":
+            # The ceiling of any student of this representation: the teacher's own coefficients
+            # of the test inputs through the imported layer and the head.
+            ideal = coefficients(test_targets, coef_source).to(dev)
+            with torch.no_grad():
+                ideal_out = to_logits(model.above_student(ideal))
+            metrics.update(quality_metrics(ideal_out, test_y, to_logits(test_targets.outputs),
+                                           prefix="test_representation_"))
+            metrics.pop("test_representation_teacher_accuracy", None)
     if measure_latency:
         metrics.update(cost_metrics(model, teacher_module, x[: min(64, x.shape[0])], student=student_module))
     else:

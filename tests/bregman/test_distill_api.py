@@ -48,6 +48,21 @@ def test_bregman_end_to_end_on_digits_beats_chance_by_far():
     # the student's last layer outputs k coefficients; the imported layer and head map them to logits
     assert result.student(ds.x_test[:5]).shape == (5, result.k)
     assert not any(p.requires_grad for p in result.model.head.parameters())
+    # the representation's ceiling: the teacher's own coefficients through layer and head
+    with torch.no_grad():
+        ideal = result.model.above_student(_teacher_coefficients(result, teacher, ds.x_test))
+    acc = float((ideal.argmax(1) == ds.y_test).float().mean())
+    assert result.metrics["test_representation_accuracy"] == pytest.approx(acc, abs=1e-6)
+    assert result.metrics["test_representation_agreement"] > 0.9
+
+
+def _teacher_coefficients(result, teacher, x):
+    from bregman.distillation.targets import project_onto_layer
+    from bregman.layers import split_at
+
+    body = split_at(teacher, result.layer).body
+    with torch.no_grad():
+        return project_onto_layer(result.representation, body(x).reshape(x.shape[0], -1)).float()
 
 
 @pytest.mark.parametrize("method, layer", [("kd", None), ("hint", "2"), ("labels", None), ("bregman", "2")])
