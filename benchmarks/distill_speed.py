@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
         "hint@penultimate": lambda: distill(teacher, (x, y), method="hint", layer=penultimate, **common),
         f"bregman@penultimate k={args.k}": lambda: distill(teacher, (x, y), method="bregman", layer=penultimate,
                                                           n_components=args.k, **common),
-        "bregman@logits k=9": lambda: distill(teacher, (x, y), method="bregman", layer=None, n_components=9,
+        "bregman@logits k=9": lambda: distill(teacher, (x, y), method="bregman", layer="4", n_components=9,
                                               **common),
     }
     def online_kd_run() -> dict:

@@ -35,8 +35,8 @@ def test_bregman_end_to_end_on_digits_beats_chance_by_far():
     result = distill(teacher, (x, y), layer="4", method="bregman", student={"arch": "mlp", "hidden": [16]},
                      test=(ds.x_test, ds.y_test), seed=0, **FAST)
     assert isinstance(result.model, DistilledModel)
-    # default k: the smallest k explaining 99.9 % of the softmax divergence (d = 10 classes)
-    assert 1 <= result.k < 10 and result.metrics["explained_divergence"] >= 0.999
+    # default k at the softmax logits (d = 10 classes, one gauge direction): every direction
+    assert result.k == 9 and result.metrics["explained_divergence"] >= 0.999
     assert result.transfer["name"] == "softmax"  # the output layer under transfer="auto"
     assert result.metrics["test_accuracy"] > 0.7  # chance is 0.1
     assert result.metrics["test_agreement"] > 0.7
@@ -119,8 +119,11 @@ def test_no_teacher_forward_during_the_students_epochs():
             assert all(id(m) in allowed for m in calls), {type(m).__name__ for m in calls}
     finally:
         handle.remove()
-    # one teacher pass per (inputs, layer): layer "2" shared by bregman and hint, the logits for kd
-    assert cache.teacher_passes == 2
+    # one teacher pass per (inputs, layer): layer "2" shared by bregman and hint, and by kd, whose
+    # default cut is the penultimate layer "2" too (its targets carry the outputs as well)
+    assert cache.teacher_passes == 1
+    distill(digits_teacher(), (x, y), layer="4", method="hint", cache=cache, epochs=1, measure_latency=False)
+    assert cache.teacher_passes == 2  # another layer: one more pass
 
 
 def test_cache_shares_targets_and_fits_between_calls():
@@ -198,3 +201,12 @@ def test_bad_input_gets_clear_errors():
     with pytest.raises(ValueError, match="num_classes"):
         distill(teacher, (x, y), method="kd", student={"arch": "mlp", "hidden": [8], "num_classes": 3})
     assert set(METHODS) == {"bregman", "kd", "hint", "labels"}
+
+
+def test_defaults_tap_the_penultimate_layer_and_use_the_share_rule_there():
+    x, y = transfer_subset(120)
+    result = distill(digits_teacher_wrapped(), (x, y), method="bregman", epochs=2, measure_latency=False)
+    assert result.layer == "2"  # the last tappable layer below the logits ("4")
+    assert result.transfer["name"] == "relu"
+    # the 99.9 % share rule, not every direction (the layer has 128 units)
+    assert result.metrics["explained_divergence"] >= 0.999 and 1 <= result.k < 32
