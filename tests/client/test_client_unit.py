@@ -111,7 +111,7 @@ def test_accuracies_from_metric_layouts():
     assert accuracies_from_metrics(flat, methods) == {"bregman": 0.6, "student": 0.6}
 
 
-def test_pick_layer_takes_the_output_layer():
+def test_pick_layer_takes_the_last_hidden_layer():
     from api_schemas import LayerOut
 
     def layer(path, transfer, tappable=True, reason=None):
@@ -119,7 +119,8 @@ def test_pick_layer_takes_the_output_layer():
                         reason=reason)
 
     layers = [layer("0", "leaky_relu"), layer("2", "leaky_relu"), layer("4", "identity")]
-    assert pick_layer(layers).path == "4"
+    assert pick_layer(layers).path == "2"
+    assert pick_layer([layer("4", "identity")]).path == "4"  # no hidden layer: the output layer
     assert pick_layer([layer("0", "relu"), layer("2", "gelu", False, "GELU is not monotone")]).path == "0"
     with pytest.raises(DemoError, match="0: GELU is not monotone"):
         pick_layer([layer("0", "gelu", False, "GELU is not monotone")])
