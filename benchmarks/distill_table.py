@@ -27,6 +27,9 @@ Protocol (identical for every method; run ``--help`` for the options)
   through the imported layer and head — what a perfect student of that representation gets.
   The verdict also prints the headroom, teacher accuracy − best baseline: a student that does
   not beat its teacher cannot lead the best baseline by more than that.
+- ``--augment-copies N`` (default 0): the transfer set becomes the rows plus N shifted, noisy
+  copies of them (see :func:`augmented`), for every method alike; the teacher labels the
+  copies once. Without it the teacher is queried only on the labelled rows.
 - Parallel: ``--jobs`` worker processes (spawned; each rebuilds the teacher from its weights)
   take one (fraction, method) cell at a time; each cell's runs are seeded, so the numbers do
   not depend on the number of workers.
@@ -113,10 +116,30 @@ def subset(pool: torch.Tensor, fraction: float, seed: int) -> torch.Tensor:
     return pool[perm[:n]]
 
 
+def augmented(x: torch.Tensor, y: torch.Tensor, copies: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The rows plus ``copies`` shifted, noisy copies (digits are 8×8 images): each copy moves
+    every image by one random offset in {−1, 0, 1}² (vacated pixels 0) and adds Gaussian
+    noise of 5 % of the pixel range. Labels are copied; teacher targets are computed on the
+    copies once, like on the rows (no teacher pass during the student's epochs)."""
+    if copies <= 0:
+        return x, y
+    g = torch.Generator().manual_seed(50_000 + seed)
+    images, scale = x.reshape(-1, 8, 8), float(x.abs().max())
+    parts = [x]
+    for _ in range(copies):
+        dy, dx = torch.randint(-1, 2, (2,), generator=g).tolist()
+        moved = torch.zeros_like(images)
+        moved[:, max(dy, 0):8 + min(dy, 0), max(dx, 0):8 + min(dx, 0)] = \
+            images[:, max(-dy, 0):8 + min(-dy, 0), max(-dx, 0):8 + min(-dx, 0)]
+        parts.append((moved + 0.05 * scale * torch.randn(moved.shape, generator=g)).reshape(-1, 64))
+    return torch.cat(parts), y.repeat(copies + 1)
+
+
 def run_one(teacher, ds, rows, variant, config, seed, eval_x, eval_y, cache) -> dict[str, float]:
     knob, value = config["knob"], config["value"]
     kwargs: dict[str, Any] = {"lr": config["lr"], knob: value}
-    result = distill(teacher, (ds.x_train[rows], ds.y_train[rows]), layer=variant["layer"],
+    x, y = augmented(ds.x_train[rows], ds.y_train[rows], _WORKER.get("augment_copies", 0), seed)
+    result = distill(teacher, (x, y), layer=variant["layer"],
                      method=variant["method"], student=STUDENT, n_components=variant["k"], seed=seed,
                      test=(eval_x, eval_y), cache=cache, measure_latency=False, **kwargs)
     m = result.metrics
@@ -132,7 +155,8 @@ def run_one(teacher, ds, rows, variant, config, seed, eval_x, eval_y, cache) -> 
 _WORKER: dict[str, Any] = {}
 
 
-def _setup(teacher_state: dict[str, torch.Tensor] | None, val_rows: int, threads: int) -> None:
+def _setup(teacher_state: dict[str, torch.Tensor] | None, val_rows: int, threads: int,
+           augment_copies: int = 0) -> None:
     """Per process: the teacher (rebuilt from its weights, or trained), data, split and cache."""
     torch.set_num_threads(threads)
     logging.basicConfig(level=logging.ERROR)
@@ -145,7 +169,7 @@ def _setup(teacher_state: dict[str, torch.Tensor] | None, val_rows: int, threads
         teacher, acc, seconds = Teacher.from_module(module.eval(), (64,)), float("nan"), 0.0
     perm = torch.randperm(ds.x_train.shape[0], generator=torch.Generator().manual_seed(12345))
     _WORKER.update(ds=ds, teacher=teacher, teacher_acc=acc, teacher_time=seconds, val=perm[:val_rows],
-                   pool=perm[val_rows:], cache=TargetCache())
+                   pool=perm[val_rows:], cache=TargetCache(), augment_copies=augment_copies)
 
 
 def _run_cell(fraction: float, variant: dict[str, Any], grid: list[dict[str, Any]], seeds: int,
@@ -206,6 +230,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1, help="torch threads per process (tiny nets: 1 is fastest)")
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1,
                         help="worker processes, one (fraction, method) cell each at a time (default: CPU count)")
+    parser.add_argument("--augment-copies", type=int, default=0,
+                        help="add this many shifted, noisy copies of the transfer rows (teacher-labelled once)")
     parser.add_argument("--out-dir", default=None)
     args = parser.parse_args(argv)
     if args.quick:
@@ -214,7 +240,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--jobs must be at least 1")
 
     t_start = time.perf_counter()
-    _setup(None, args.val_rows, args.threads)
+    _setup(None, args.val_rows, args.threads, args.augment_copies)
     teacher, teacher_acc = _WORKER["teacher"], _WORKER["teacher_acc"]
     pool = _WORKER["pool"]
     all_variants = variants(args.fixed_k, args.fixed_k_penultimate)
@@ -241,7 +267,8 @@ def main(argv: list[str] | None = None) -> int:
         # the teacher from its weights instead of retraining it
         state = {k: v.detach().clone() for k, v in teacher.module.state_dict().items()}
         executor = ProcessPoolExecutor(max_workers=args.jobs, mp_context=mp.get_context("spawn"),
-                                       initializer=_setup, initargs=(state, args.val_rows, args.threads))
+                                       initializer=_setup,
+                                       initargs=(state, args.val_rows, args.threads, args.augment_copies))
     try:
         for fraction, variant, cell in _cells(executor, jobs, args, grid_of):
             key = f"{variant['name']}|{fraction}"
@@ -292,7 +319,8 @@ def main(argv: list[str] | None = None) -> int:
     report("distill_table", rows, columns=columns,
            params={"fractions": args.fractions, "seeds": args.seeds, "tune_seeds": args.tune_seeds,
                    "no_tune": args.no_tune, "student": STUDENT, "teacher": TEACHER_RECIPE, "lrs": args.lrs,
-                   "knobs": KNOBS, "val_rows": args.val_rows, "pool_rows": int(pool.numel()), "jobs": args.jobs},
+                   "knobs": KNOBS, "val_rows": args.val_rows, "pool_rows": int(pool.numel()), "jobs": args.jobs,
+                   "augment_copies": args.augment_copies},
            extra={"teacher_test_accuracy": teacher_acc, "chosen": chosen, "runs": raw, "verdict": verdict,
                   "ceilings": ceilings, "wall_time_s": time.perf_counter() - t_start},
            out_dir=args.out_dir)

@@ -27,3 +27,30 @@ def test_two_workers_write_table_ceilings_and_verdict(tmp_path: Path) -> None:
     (verdict,) = payload["verdict"]
     assert verdict["best_baseline"] == "kd"
     assert abs(verdict["headroom_points"] - 100 * (payload["teacher_test_accuracy"] - verdict["baseline_acc"])) < 1e-9
+
+
+def test_augmented_copies_are_shifted_noisy_images_with_their_labels() -> None:
+    import torch
+
+    sys.path.insert(0, str(REPO))
+    from benchmarks.distill_table import augmented
+
+    x = torch.rand(5, 64) * 16
+    y = torch.arange(5)
+    same_x, same_y = augmented(x, y, 0, seed=0)
+    assert same_x is x and same_y is y
+    xa, ya = augmented(x, y, 4, seed=3)
+    assert xa.shape == (25, 64) and torch.equal(ya, y.repeat(5)) and torch.equal(xa[:5], x)
+    for c in range(1, 5):
+        copy = xa[5 * c: 5 * (c + 1)].reshape(5, 8, 8)
+        # each copy is one of the 9 one-pixel shifts of the originals, up to noise of 5 % of the range
+        errors = []
+        for dy in (-1, 0, 1):
+            for dx in (-1, 0, 1):
+                moved = torch.zeros(5, 8, 8)
+                src = x.reshape(5, 8, 8)
+                moved[:, max(dy, 0):8 + min(dy, 0), max(dx, 0):8 + min(dx, 0)] = \
+                    src[:, max(-dy, 0):8 + min(-dy, 0), max(-dx, 0):8 + min(-dx, 0)]
+                errors.append(float((copy - moved).std()))
+        assert min(errors) < 0.06 * 16 < max(errors)
+    assert torch.equal(augmented(x, y, 4, seed=3)[0], xa)  # deterministic per seed
