@@ -248,6 +248,8 @@ def make_batch_loss(
         tensors = dict(zip(names, batch))
         c_hat = model.student(tensors["x"])
         coef = coefficient_loss(c_hat, tensors["coefficients"])
+        if not (use_divergence or use_labels):  # the loss is the coefficient term alone
+            return (coef if settings.coefficient_weight == 1 else settings.coefficient_weight * coef), {}
         metrics = {"coefficient_loss": coef.detach()}
         loss = settings.coefficient_weight * coef
         if use_divergence:
