@@ -56,7 +56,8 @@ def dispatch(request: Request, settings, job: Job) -> None:
     status_code=201,
     response_model=JobOut,
     responses={
-        200: {"model": JobOut, "description": "A job with this Idempotency-Key exists: that job"},
+        200: {"model": JobOut, "description": "A job with this Idempotency-Key and spec exists: that job"},
+        409: {"model": ErrorResponse, "description": "The Idempotency-Key was used with another spec"},
         422: {"model": ValidationErrorResponse, "description": "The spec is invalid; `loc` names the field"},
     },
 )
@@ -70,24 +71,27 @@ def create_job(
         "representation": {"value": RepresentationSpec.model_config["json_schema_extra"]["examples"][0]},
         "distillation": {"value": DistillationSpec.model_config["json_schema_extra"]["examples"][0]},
     })],
-    idempotency_key: Annotated[str | None, Header(max_length=255, description="Same key, same job.")] = None,
+    idempotency_key: Annotated[str | None, Header(max_length=255, description="Same key and spec, same job; same key, other spec: 409.")] = None,
 ):
     """Validate a job spec against the records and queue it (cpu or gpu queue, by ``device``)."""
+    existing = None
     if idempotency_key:
         existing = db.execute(select(Job).where(Job.tenant == tenant, Job.idempotency_key == idempotency_key)).scalar_one_or_none()
-        if existing is not None:
-            response.status_code = 200
-            return job_out(existing)
+        if existing is not None and existing.spec == spec.model_dump(mode="json"):
+            return _replay(existing, existing.spec, idempotency_key, response)  # a retry: no validation needed
     if isinstance(spec, RepresentationSpec):
         v = validate_representation(db, tenant, spec)
     else:
         v = validate_distillation(db, tenant, spec, _capabilities(request))
+    spec_json = spec.model_dump(mode="json")  # normalized by the validation (e.g. the transfer's name)
+    if existing is not None:
+        return _replay(existing, spec_json, idempotency_key, response)
     job = Job(
         id=new_id("job"),
         tenant=tenant,
         kind=spec.kind,
         state="queued",
-        spec=spec.model_dump(mode="json"),
+        spec=spec_json,
         queue=queue_for(spec.device),
         teacher_id=v.teacher.id,
         dataset_id=v.dataset.id,
@@ -100,10 +104,22 @@ def create_job(
     except IntegrityError:  # a concurrent request with the same key won
         db.rollback()
         existing = db.execute(select(Job).where(Job.tenant == tenant, Job.idempotency_key == idempotency_key)).scalar_one()
-        response.status_code = 200
-        return job_out(existing)
+        return _replay(existing, spec_json, idempotency_key, response)
     dispatch(request, settings, job)
     return job_out(job)
+
+
+def _replay(existing: Job, spec_json: dict, key: str, response: Response) -> JobOut:
+    """The job an Idempotency-Key already names (200), if the request asks for the same job.
+
+    A key reused with another spec is a client bug (a retry must resend the same body);
+    answering with the old job would silently drop the new request, so it is refused.
+    """
+    if existing.spec != spec_json:
+        raise HTTPException(409, f"Idempotency-Key '{key}' was used for job {existing.id} with another spec; "
+                                 "resend that job's spec to get it back, or use a new key for a new job")
+    response.status_code = 200
+    return job_out(existing)
 
 
 @router.get("", response_model=JobList)

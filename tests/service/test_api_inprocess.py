@@ -150,8 +150,14 @@ def test_valid_job_is_queued_once_per_idempotency_key(with_records):
     first = client.post("/v1/jobs", headers={**h, "Idempotency-Key": "k1"}, json=_spec(transfer="leaky_relu"))
     assert first.status_code == 201 and first.json()["state"] == "queued"
     assert first.json()["spec"]["transfer"] == "listed"  # the listed transfer's name, normalized
-    again = client.post("/v1/jobs", headers={**h, "Idempotency-Key": "k1"}, json=_spec())
+    again = client.post("/v1/jobs", headers={**h, "Idempotency-Key": "k1"}, json=_spec(transfer="leaky_relu"))
     assert again.status_code == 200 and again.json()["id"] == first.json()["id"]
+    # the stored (normalized) spec is the same request too
+    assert client.post("/v1/jobs", headers={**h, "Idempotency-Key": "k1"}, json=first.json()["spec"]).status_code == 200
+    # the same key with another spec is refused, naming the job; nothing new is queued
+    clash = client.post("/v1/jobs", headers={**h, "Idempotency-Key": "k1"}, json=_spec(n_components=5))
+    assert clash.status_code == 409 and first.json()["id"] in clash.json()["detail"]
+    assert "new key" in clash.json()["detail"]
     other = client.post("/v1/jobs", headers={**h, "Idempotency-Key": "k2"}, json=_spec())
     assert other.json()["id"] != first.json()["id"]
     with session_scope(settings.resolved_database_url) as db:
