@@ -176,8 +176,8 @@ class DistillationSpec(_SpecBase):
     layer: str | None = Field(None, description="Teacher layer to distill through (without a representation job).")
     transfer: TransferChoice = Field("auto", max_length=32, description="As in a representation job.")
     n_components: int | None = Field(None, ge=1, description=(
-        "k (default: every direction, d − 1, at a softmax layer; elsewhere the smallest k explaining 99.9 % of "
-        "the divergence)."))
+        "k (default: every direction, d − 1 up to 64, at a softmax layer; elsewhere the smallest k explaining "
+        "99.9 % of the divergence)."))
     student: StudentSpec = Field(default_factory=StudentSpec)
     methods: list[DistillationMethod] = Field(
         default_factory=lambda: ["bregman"],

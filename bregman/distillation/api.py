@@ -318,7 +318,7 @@ def distill(
         the layer width d, or the number of teacher outputs) are filled in.
     n_components : int, float or None, default None
         ``bregman``'s k: an int, a share of the divergence in (0, 1), or None: at a softmax
-        layer every direction (k = d − 1), elsewhere the smallest k explaining 99.9 % of the
+        layer every direction (k = d − 1, at most 64 and below the number of rows), elsewhere the smallest k explaining 99.9 % of the
         mean-only model's divergence on the transfer set (see :func:`default_components`).
     seed : int, default 0
         Seeds the student's initial weights, the example order and the representation fit.
@@ -498,10 +498,17 @@ def distill(
     )
 
 
-def default_components(cut: Cut) -> int | float:
-    """``n_components=None``: k = d − 1 at a softmax layer, else the 99.9 % share rule."""
+#: Largest default k at a softmax layer: each row's coefficient step solves a k×k system, so
+#: "every direction" of a 1000-class output would cost ~k³ per row; measured only up to d = 10.
+MAX_DEFAULT_SOFTMAX_COMPONENTS = 64
+
+
+def default_components(cut: Cut, n_rows: int) -> int | float:
+    """``n_components=None``: at a softmax layer every direction, ``k = d − 1`` (at most
+    :data:`MAX_DEFAULT_SOFTMAX_COMPONENTS`, and fewer than the ``n_rows`` transfer rows); else
+    the smallest k explaining :data:`DEFAULT_EXPLAINED_DIVERGENCE` of the divergence."""
     if cut.transfer.name == "softmax":
-        return max(1, cut.d - 1)
+        return max(1, min(cut.d - 1, MAX_DEFAULT_SOFTMAX_COMPONENTS, n_rows - 1))
     return DEFAULT_EXPLAINED_DIVERGENCE
 
 
@@ -521,7 +528,7 @@ def _fit_or_check_representation(representation: Any, targets: TeacherTargets, c
         return exported, source
     from bregman.pca import BregmanPCA
 
-    share_or_k = default_components(cut) if n_components is None else n_components
+    share_or_k = default_components(cut, int(targets.preactivations.shape[0])) if n_components is None else n_components
     options = dict(pca_options or {})
     a = targets.preactivations
     # float64 where it is cheap: the fit's normalization and projections are then exact to round-off

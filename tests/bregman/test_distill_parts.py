@@ -110,3 +110,18 @@ def test_quality_and_cost_metrics():
     lin = torch.nn.Linear(3, 2)
     assert parameter_count(lin, lin) == 8
     assert cpu_latency_ms(lin, torch.zeros(4, 3), repeats=5) > 0
+
+
+def test_default_k_is_every_softmax_direction_within_bounds_else_the_share_rule():
+    from types import SimpleNamespace
+
+    from bregman.distillation.api import DEFAULT_EXPLAINED_DIVERGENCE, default_components
+    from bregman.transfers import get_transfer
+
+    def cut(name, d):
+        return SimpleNamespace(transfer=get_transfer(name), d=d)
+
+    assert default_components(cut("softmax", 10), 500) == 9
+    assert default_components(cut("softmax", 1000), 50_000) == 64  # k x k solves per row stay cheap
+    assert default_components(cut("softmax", 10), 6) == 5  # fewer components than rows
+    assert default_components(cut("relu", 128), 500) == DEFAULT_EXPLAINED_DIVERGENCE
