@@ -291,6 +291,12 @@ class RowSource:
                 "or the count of the first pass); the chunks must be the same on every pass"
             )
 
+    def take_rows(self, idx: torch.Tensor) -> torch.Tensor:
+        """Rows ``idx`` of an in-memory source, as a tensor."""
+        if self._tensor is None:
+            raise ValueError("take_rows needs an in-memory source (a tensor or array)")
+        return self._tensor[idx.to(self._tensor.device)]
+
     def _convert(self, part: Any, where: str) -> torch.Tensor:
         if isinstance(part, np.ndarray):
             part = torch.from_numpy(np.ascontiguousarray(part))

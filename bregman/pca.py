@@ -50,6 +50,8 @@ logger = logging.getLogger(__name__)
 
 #: With a float ``n_components``, the candidate fit uses at most this many directions.
 MAX_AUTO_COMPONENTS = 64
+#: In-memory inputs with more rows search a float ``n_components`` on this many rows first.
+SEARCH_ROWS = 4096
 #: Default ridge ``λ`` on the coefficients (in the normalized metric ``Vᵀ∇²F(m)V = I``).
 DEFAULT_RIDGE = 1e-7
 
@@ -205,7 +207,12 @@ class BregmanPCA:
         non-linear layer).
     n_components_search_ : dict of int to float
         Only with a float ``n_components``: the share explained by the own fit of every k the
-        search fitted (the chosen k reaches the target; k − 1, when fitted, does not).
+        search fitted (the chosen k reaches the target; k − 1, when fitted, does not). On
+        in-memory inputs of more than ``SEARCH_ROWS`` (4096) rows the search runs on that
+        many evenly spaced rows; the chosen k is then fitted on all rows and raised until that
+        fit reaches the share too.
+    n_components_search_rows_ : int
+        Rows the search fitted its candidates on.
     ridge_ : float
         The ridge actually used.
     hessian_floor_ : float
@@ -437,6 +444,7 @@ class BregmanPCA:
     def _fit_source(self, src: RowSource, transfer: Transfer, k: int | None, share: float | None,
                     generator: torch.Generator) -> None:
         self.__dict__.pop("n_components_search_", None)
+        self.__dict__.pop("n_components_search_rows_", None)
         mom = moments(src, transfer)
         ridge = 0.0 if transfer.name == "identity" else _check_ridge(self.ridge)
         opts = SolverOptions(
@@ -465,6 +473,8 @@ class BregmanPCA:
         ``n_components_search_``.
         """
         k_max = min(src.d - 1, src.n_rows - 1, MAX_AUTO_COMPONENTS)
+        if src.in_memory and src.n_rows > SEARCH_ROWS:
+            return self._search_k_on_subsample(src, transfer, opts, mom, share, k_max)
         fits: dict[int, Any] = {}
 
         def explained(k: int) -> float:
@@ -489,7 +499,36 @@ class BregmanPCA:
                 else:
                     lo = mid
         self.n_components_search_ = {k: explained(k) for k in sorted(fits)}
+        self.n_components_search_rows_ = src.n_rows
         return fits[hi]
+
+    def _search_k_on_subsample(self, src: RowSource, transfer: Transfer, opts: SolverOptions, mom: Moments,
+                               share: float, k_max: int) -> Any:
+        """The share search on ``SEARCH_ROWS`` evenly spaced rows, then fits on all rows.
+
+        Every candidate of the search is a whole fit, so on large inputs the search dominated
+        (24,150 × 128 ReLU rows: 150 s for 10 fits against 14 s for one). Here the candidates
+        are fitted on a subsample; the chosen k is then fitted on all rows, warm-started from
+        its subsample fit, and raised one direction at a time (each fit warm-started from the
+        last) until a fit on all rows reaches the share. So the returned fit reaches the share
+        on all rows; "k − 1 does not" holds on the subsample. ``n_components_search_`` holds
+        the subsample's shares, ``n_components_search_rows_`` its size.
+        """
+        rows = torch.linspace(0, src.n_rows - 1, SEARCH_ROWS).round().long()
+        sub_src = RowSource(src.take_rows(rows), device=src.device, block_rows=self.batch_size)
+        sub = self._search_k(sub_src, transfer, opts, moments(sub_src, transfer), share)
+        k = int(sub.V.shape[1])
+        init = (sub.mean, sub.V)
+        while True:
+            res = BregmanSolver(src, transfer, k, opts).run(mom, init=init)
+            reached = float(self._ratios(res.mean_only_divergence, [res.divergence])[0])
+            if reached >= share - 1e-12 or k >= k_max:
+                break
+            logger.info("n_components=%s: k=%d explains %.6f on all %d rows (the subsample said enough); "
+                        "trying k=%d", share, k, reached, src.n_rows, k + 1)
+            init, k = self._warm_start({k: res}, k + 1, mom, transfer), k + 1
+        self.n_components_search_rows_ = SEARCH_ROWS
+        return res
 
     @staticmethod
     def _warm_start(fits: dict[int, Any], k: int, mom: Moments, transfer: Transfer) -> tuple | None:

@@ -477,3 +477,21 @@ def test_streamed_data_are_worked_on_in_small_blocks_whatever_the_chunk_size() -
     sizes = [b.shape[0] for _, b in streamed.blocks(1024)]
     assert sum(sizes) == 6000 and max(sizes) * 1024 <= _STREAM_BLOCK_ELEMENTS
     assert max(b.shape[0] for _, b in RowSource(X).blocks(1024)) == 6000
+
+
+def test_float_n_components_on_many_rows_searches_a_subsample_and_still_reaches_the_share(monkeypatch):
+    import bregman.pca as pca_module
+
+    A = low_rank_data(n=400, d=8, rank=5, noise=0.3, seed=5)
+    monkeypatch.setattr(pca_module, "SEARCH_ROWS", 16)  # a subsample that overfits: few k look enough
+    share = 0.97
+    est = BregmanPCA("sigmoid", n_components=share).fit(A)
+    assert est.n_components_search_rows_ == 16
+    sub_k = min(k for k, v in est.n_components_search_.items() if v >= share)
+    assert est.n_components_ >= sub_k
+    # the returned fit is on all rows and reaches the share there
+    assert est.n_samples_seen_ == 400 and est.explained_divergence_ratio_[-1] >= share
+    if est.n_components_ > sub_k:  # raised on all rows: one direction fewer did not reach it
+        assert BregmanPCA("sigmoid", n_components=est.n_components_ - 1).fit(A).explained_divergence_ratio_[-1] < share + 1e-3
+    small = BregmanPCA("sigmoid", n_components=share).fit(A[:16])
+    assert small.n_components_search_rows_ == 16  # small inputs: the search runs on all rows
