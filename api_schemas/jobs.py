@@ -136,6 +136,10 @@ class DistillOptions(BaseModel):
     coefficient_weight: float | None = Field(None, ge=0)
     divergence_weight: float | None = Field(None, ge=0)
     label_weight: float | None = Field(None, ge=0)
+    augment_copies: int | None = Field(None, ge=0, le=100, description=(
+        "Noisy copies of every transfer row, labelled by the teacher (for small transfer sets)."))
+    augment_noise: float | None = Field(None, ge=0, le=10, description=(
+        "The copies' noise, in units of the inputs' standard deviation (default 0.3)."))
 
 
 class StudentSpec(BaseModel):

@@ -28,8 +28,9 @@ Protocol (identical for every method; run ``--help`` for the options)
   The verdict also prints the headroom, teacher accuracy − best baseline: a student that does
   not beat its teacher cannot lead the best baseline by more than that.
 - ``--augment-copies N`` (default 0): the transfer set becomes the rows plus N shifted, noisy
-  copies of them (see :func:`augmented`), for every method alike; the teacher labels the
-  copies once. Without it the teacher is queried only on the labelled rows.
+  copies of them (see :func:`augmented`; ``--augment noise``: the library's
+  ``distill(augment_copies=N)``, Gaussian noise only), for every method alike; the teacher
+  labels the copies once. Without it the teacher is queried only on the labelled rows.
 - Parallel: ``--jobs`` worker processes (spawned; each rebuilds the teacher from its weights)
   take one (fraction, method) cell at a time; each cell's runs are seeded, so the numbers do
   not depend on the number of workers.
@@ -138,7 +139,12 @@ def augmented(x: torch.Tensor, y: torch.Tensor, copies: int, seed: int) -> tuple
 def run_one(teacher, ds, rows, variant, config, seed, eval_x, eval_y, cache) -> dict[str, float]:
     knob, value = config["knob"], config["value"]
     kwargs: dict[str, Any] = {"lr": config["lr"], knob: value}
-    x, y = augmented(ds.x_train[rows], ds.y_train[rows], _WORKER.get("augment_copies", 0), seed)
+    copies, kind = _WORKER.get("augment_copies", 0), _WORKER.get("augment", "shift")
+    x, y = ds.x_train[rows], ds.y_train[rows]
+    if kind == "shift":
+        x, y = augmented(x, y, copies, seed)
+    else:  # the library's own noisy copies
+        kwargs.update(augment_copies=copies)
     result = distill(teacher, (x, y), layer=variant["layer"],
                      method=variant["method"], student=STUDENT, n_components=variant["k"], seed=seed,
                      test=(eval_x, eval_y), cache=cache, measure_latency=False, **kwargs)
@@ -156,7 +162,7 @@ _WORKER: dict[str, Any] = {}
 
 
 def _setup(teacher_state: dict[str, torch.Tensor] | None, val_rows: int, threads: int,
-           augment_copies: int = 0) -> None:
+           augment_copies: int = 0, augment: str = "shift") -> None:
     """Per process: the teacher (rebuilt from its weights, or trained), data, split and cache."""
     torch.set_num_threads(threads)
     logging.basicConfig(level=logging.ERROR)
@@ -169,7 +175,8 @@ def _setup(teacher_state: dict[str, torch.Tensor] | None, val_rows: int, threads
         teacher, acc, seconds = Teacher.from_module(module.eval(), (64,)), float("nan"), 0.0
     perm = torch.randperm(ds.x_train.shape[0], generator=torch.Generator().manual_seed(12345))
     _WORKER.update(ds=ds, teacher=teacher, teacher_acc=acc, teacher_time=seconds, val=perm[:val_rows],
-                   pool=perm[val_rows:], cache=TargetCache(), augment_copies=augment_copies)
+                   pool=perm[val_rows:], cache=TargetCache(), augment_copies=augment_copies,
+                   augment=augment)
 
 
 def _run_cell(fraction: float, variant: dict[str, Any], grid: list[dict[str, Any]], seeds: int,
@@ -232,6 +239,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="worker processes, one (fraction, method) cell each at a time (default: CPU count)")
     parser.add_argument("--augment-copies", type=int, default=0,
                         help="add this many shifted, noisy copies of the transfer rows (teacher-labelled once)")
+    parser.add_argument("--augment", choices=["shift", "noise"], default="shift",
+                        help="shift: the harness's one-pixel shifts plus noise (digits images); noise: the "
+                             "library's distill(augment_copies=...), Gaussian noise only")
     parser.add_argument("--out-dir", default=None)
     args = parser.parse_args(argv)
     if args.quick:
@@ -240,7 +250,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--jobs must be at least 1")
 
     t_start = time.perf_counter()
-    _setup(None, args.val_rows, args.threads, args.augment_copies)
+    _setup(None, args.val_rows, args.threads, args.augment_copies, args.augment)
     teacher, teacher_acc = _WORKER["teacher"], _WORKER["teacher_acc"]
     pool = _WORKER["pool"]
     all_variants = variants(args.fixed_k, args.fixed_k_penultimate)
@@ -268,7 +278,8 @@ def main(argv: list[str] | None = None) -> int:
         state = {k: v.detach().clone() for k, v in teacher.module.state_dict().items()}
         executor = ProcessPoolExecutor(max_workers=args.jobs, mp_context=mp.get_context("spawn"),
                                        initializer=_setup,
-                                       initargs=(state, args.val_rows, args.threads, args.augment_copies))
+                                       initargs=(state, args.val_rows, args.threads, args.augment_copies,
+                                                 args.augment))
     try:
         for fraction, variant, cell in _cells(executor, jobs, args, grid_of):
             key = f"{variant['name']}|{fraction}"
@@ -320,7 +331,7 @@ def main(argv: list[str] | None = None) -> int:
            params={"fractions": args.fractions, "seeds": args.seeds, "tune_seeds": args.tune_seeds,
                    "no_tune": args.no_tune, "student": STUDENT, "teacher": TEACHER_RECIPE, "lrs": args.lrs,
                    "knobs": KNOBS, "val_rows": args.val_rows, "pool_rows": int(pool.numel()), "jobs": args.jobs,
-                   "augment_copies": args.augment_copies},
+                   "augment_copies": args.augment_copies, "augment": args.augment},
            extra={"teacher_test_accuracy": teacher_acc, "chosen": chosen, "runs": raw, "verdict": verdict,
                   "ceilings": ceilings, "wall_time_s": time.perf_counter() - t_start},
            out_dir=args.out_dir)

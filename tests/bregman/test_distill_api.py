@@ -210,3 +210,15 @@ def test_defaults_tap_the_penultimate_layer_and_use_the_share_rule_there():
     assert result.transfer["name"] == "relu"
     # the 99.9 % share rule, not every direction (the layer has 128 units)
     assert result.metrics["explained_divergence"] >= 0.999 and 1 <= result.k < 32
+
+
+def test_augmented_copies_are_labelled_by_the_teacher_once():
+    x, y = transfer_subset(24)
+    cache = TargetCache()
+    result = distill(digits_teacher_wrapped(), (x, y), method="kd", augment_copies=5, cache=cache, epochs=2,
+                     measure_latency=False)
+    assert result.metrics["n_transfer"] == 24 and result.metrics["n_trained_on"] == 24 * 6
+    assert cache.teacher_passes == 1  # one pass over rows and copies together, none per epoch
+    assert result.settings["augment_copies"] == 5 and result.settings["augment_noise"] == 0.3
+    with pytest.raises(ValueError, match="augment_copies"):
+        distill(digits_teacher_wrapped(), (x, y), method="kd", augment_copies=-2)

@@ -125,3 +125,21 @@ def test_default_k_is_every_softmax_direction_within_bounds_else_the_share_rule(
     assert default_components(cut("softmax", 1000), 50_000) == 64  # k x k solves per row stay cheap
     assert default_components(cut("softmax", 10), 6) == 5  # fewer components than rows
     assert default_components(cut("relu", 128), 500) == DEFAULT_EXPLAINED_DIVERGENCE
+
+
+def test_noisy_copies_repeat_labels_deterministically_and_check_their_arguments():
+    from bregman.distillation.augment import noisy_copies
+
+    x, y = torch.rand(6, 4), torch.arange(6)
+    assert noisy_copies(x, y, 0, 0.3, seed=0)[0] is x
+    xa, ya = noisy_copies(x, y, 3, 0.5, seed=1)
+    assert xa.shape == (24, 4) and torch.equal(xa[:6], x) and torch.equal(ya, y.repeat(4))
+    noise = xa[6:] - x.repeat(3, 1)
+    assert abs(float(noise.std()) / (0.5 * float(x.std())) - 1) < 0.35  # the documented scale
+    assert torch.equal(noisy_copies(x, y, 3, 0.5, seed=1)[0], xa)  # deterministic per seed
+    assert not torch.equal(noisy_copies(x, y, 3, 0.5, seed=2)[0], xa)
+    assert noisy_copies(x, None, 2, 0.3, seed=0)[1] is None
+    for bad in ({"copies": -1}, {"copies": 1.5}, {"noise": -0.1}, {"noise": float("nan")}):
+        args = {"copies": 2, "noise": 0.3, **bad}
+        with pytest.raises(ValueError, match="augment_"):
+            noisy_copies(x, y, args["copies"], args["noise"], seed=0)

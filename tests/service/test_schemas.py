@@ -28,6 +28,10 @@ def test_kind_selects_the_spec():
     ({"kind": "distillation", "teacher_id": "t", "dataset": "d", "layer": "0", "methods": []}, "methods"),
     ({"kind": "distillation", "teacher_id": "t", "dataset": "d", "layer": "0", "budget": {"epochs": 0}}, "epochs"),
     ({"kind": "distillation", "teacher_id": "t", "dataset": "d", "layer": "0", "options": {"lr": -1}}, "lr"),
+    ({"kind": "distillation", "teacher_id": "t", "dataset": "d", "layer": "0", "options": {"augment_copies": 500}},
+     "augment_copies"),
+    ({"kind": "distillation", "teacher_id": "t", "dataset": "d", "layer": "0", "options": {"augment_noise": -1}},
+     "augment_noise"),
     ({"kind": "compress", "teacher_id": "t", "dataset": "d"}, "kind"),
 ])
 def test_bad_specs_name_the_field(spec, field):
