@@ -177,7 +177,9 @@ class RowSource:
         elif isinstance(data, (torch.Tensor, np.ndarray)):
             # Finiteness is checked by the consumer's first pass (the moments of the data are
             # non-finite iff an entry is), which saves a full pass over large inputs.
-            self._tensor = to_tensor_2d(data, name=name, device=device, check_finite=False)
+            # detached: a fit treats the data as constants (and its in-place kernels refuse
+            # tensors that require grad)
+            self._tensor = to_tensor_2d(data, name=name, device=device, check_finite=False).detach()
             self.in_memory = True
             self.output_kind = "torch" if isinstance(data, torch.Tensor) else "numpy"
             self.n_rows, self.d = map(int, self._tensor.shape)
@@ -300,7 +302,7 @@ class RowSource:
     def _convert(self, part: Any, where: str) -> torch.Tensor:
         if isinstance(part, np.ndarray):
             part = torch.from_numpy(np.ascontiguousarray(part))
-        t = part.to(device=self.device, dtype=self.dtype)
+        t = part.detach().to(device=self.device, dtype=self.dtype)
         if self._check_finite_blocks and not bool(torch.isfinite(t).all()):
             raise InputValidationError(
                 f"{self.name} ({where}) contains NaN or infinite values; remove or replace them before fitting"

@@ -321,8 +321,9 @@ def distill(
         the layer width d, or the number of teacher outputs) are filled in.
     n_components : int, float or None, default None
         ``bregman``'s k: an int, a share of the divergence in (0, 1), or None: at a softmax
-        layer every direction (k = d − 1, at most 64 and below the number of rows), elsewhere the smallest k explaining 99.9 % of the
-        mean-only model's divergence on the transfer set (see :func:`default_components`).
+        layer every direction (k = d − 1, at most 64 and below the number of rows), elsewhere
+        the smallest k explaining 99.9 % of the mean-only model's divergence on the transfer
+        set (see :func:`default_components`).
     seed : int, default 0
         Seeds the student's initial weights, the example order and the representation fit.
     test : (x_test, y_test), optional
@@ -493,8 +494,8 @@ def distill(
                         "student_parameters": float(parameter_count(student_module)),
                         "teacher_parameters": float(parameter_count(teacher_module))})
     metrics.update(rep_metrics)
-    metrics.update({"n_transfer": float(n_rows), "n_trained_on": float(x.shape[0]), "epochs": float(epochs), "train_time_s": train_time,
-                    "total_time_s": time.perf_counter() - t_start})
+    metrics.update({"n_transfer": float(n_rows), "n_trained_on": float(x.shape[0]), "epochs": float(epochs),
+                    "train_time_s": train_time, "total_time_s": time.perf_counter() - t_start})
     report("evaluate", 1.0, dict(metrics))
 
     settings_record = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "weight_decay": weight_decay,
@@ -543,9 +544,9 @@ def _fit_or_check_representation(representation: Any, targets: TeacherTargets, c
         return exported, source
     from bregman.pca import BregmanPCA
 
-    share_or_k = default_components(cut, int(targets.preactivations.shape[0])) if n_components is None else n_components
-    options = dict(pca_options or {})
     a = targets.preactivations
+    share_or_k = default_components(cut, int(a.shape[0])) if n_components is None else n_components
+    options = dict(pca_options or {})
     # float64 where it is cheap: the fit's normalization and projections are then exact to round-off
     a_fit = a.double() if a.numel() <= 20_000_000 else a
 

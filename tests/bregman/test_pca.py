@@ -495,3 +495,13 @@ def test_float_n_components_on_many_rows_searches_a_subsample_and_still_reaches_
         assert BregmanPCA("sigmoid", n_components=est.n_components_ - 1).fit(A).explained_divergence_ratio_[-1] < share + 1e-3
     small = BregmanPCA("sigmoid", n_components=share).fit(A[:16])
     assert small.n_components_search_rows_ == 16  # small inputs: the search runs on all rows
+
+
+@pytest.mark.parametrize("name", ["identity", "sigmoid"])
+def test_fit_accepts_tensors_that_require_grad(name):
+    """Activations straight from a model often carry requires_grad; the fit treats them as data."""
+    A = torch.as_tensor(low_rank_data(n=120, d=6, rank=3, noise=0.2, seed=2)).requires_grad_(True)
+    est = BregmanPCA(name, n_components=2).fit(A)
+    chunked = BregmanPCA(name, n_components=2).fit([A[:60], A[60:]])
+    assert est.divergence_ == pytest.approx(chunked.divergence_, rel=1e-5)
+    assert not est.transform(A).requires_grad
