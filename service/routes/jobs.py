@@ -74,11 +74,9 @@ def create_job(
     idempotency_key: Annotated[str | None, Header(max_length=255, description="Same key and spec, same job; same key, other spec: 409.")] = None,
 ):
     """Validate a job spec against the records and queue it (cpu or gpu queue, by ``device``)."""
-    existing = None
-    if idempotency_key:
-        existing = db.execute(select(Job).where(Job.tenant == tenant, Job.idempotency_key == idempotency_key)).scalar_one_or_none()
-        if existing is not None and existing.spec == spec.model_dump(mode="json"):
-            return _replay(existing, existing.spec, idempotency_key, response)  # a retry: no validation needed
+    existing = _job_with_key(db, tenant, idempotency_key) if idempotency_key else None
+    if existing is not None and existing.spec == spec.model_dump(mode="json"):
+        return _replay(existing, existing.spec, idempotency_key, response)  # a retry: no validation needed
     if isinstance(spec, RepresentationSpec):
         v = validate_representation(db, tenant, spec)
     else:
@@ -103,10 +101,13 @@ def create_job(
         db.commit()
     except IntegrityError:  # a concurrent request with the same key won
         db.rollback()
-        existing = db.execute(select(Job).where(Job.tenant == tenant, Job.idempotency_key == idempotency_key)).scalar_one()
-        return _replay(existing, spec_json, idempotency_key, response)
+        return _replay(_job_with_key(db, tenant, idempotency_key), spec_json, idempotency_key, response)
     dispatch(request, settings, job)
     return job_out(job)
+
+
+def _job_with_key(db, tenant: str, key: str) -> Job | None:
+    return db.execute(select(Job).where(Job.tenant == tenant, Job.idempotency_key == key)).scalar_one_or_none()
 
 
 def _replay(existing: Job, spec_json: dict, key: str, response: Response) -> JobOut:
