@@ -1,15 +1,15 @@
 #!/usr/bin/env bash
-# The whole test suite on a fresh machine. Installs what is missing, runs every test with the
-# embedded default (SQLite records), then runs the end-to-end tests a second time with the
-# records in PostgreSQL. Every server the tests start (redis-server, postgres, Celery workers,
-# uvicorn) is started and stopped by the test fixtures themselves.
+# The whole test suite on a fresh machine. Installs what is missing (scripts/setup.sh: Debian
+# packages and a virtual environment, default .venv), runs every test with the embedded default
+# (SQLite records), then runs the end-to-end tests a second time with the records in PostgreSQL.
+# Every server the tests start (redis-server, postgres, Celery workers, uvicorn) is started and
+# stopped by the test fixtures themselves. PYTHON picks the interpreter of the environment.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup.sh
+bash scripts/setup.sh test
+py="${BREGKD_VENV:-.venv}/bin/python"
 
-python3 -m pytest tests "$@"
-
-# pytest exits 5 when no test is selected; that only means no end-to-end test exists yet.
-rc=0
-BREGKD_TEST_DATABASE=postgresql python3 -m pytest -m e2e tests "$@" || rc=$?
-if [ "$rc" -ne 0 ] && [ "$rc" -ne 5 ]; then exit "$rc"; fi
+"$py" -m pytest tests "$@"
+# Every exit status counts here, 5 ("no tests collected") included: a marker mistake must not
+# silently skip the end-to-end tests.
+BREGKD_TEST_DATABASE=postgresql "$py" -m pytest -m e2e tests "$@"

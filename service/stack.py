@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
+import random
 import shutil
 import signal
 import socket
@@ -34,10 +35,41 @@ class StackError(RuntimeError):
     """A part of the embedded stack did not start; the message points at its log."""
 
 
+_handed_out: set[int] = set()
+
+
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
 def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A loopback port that is free now, for a server we are about to start.
+
+    Asking the kernel for port 0 and closing the socket hands out a port from the ephemeral
+    range, which any outgoing connection may take before our server binds it. So the port is
+    drawn at random below that range (where the kernel never assigns ports by itself), checked
+    by binding it, and never handed out twice by this process.
+    """
+    low, high = _ephemeral_range()
+    top = low - 1 if low > 11000 else 65535
+    bottom = 10000 if low > 11000 else high + 1
+    rng = random.SystemRandom()
+    for _ in range(200):
+        port = rng.randint(bottom, top)
+        if port in _handed_out:
+            continue
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _handed_out.add(port)
+        return port
+    raise StackError("no free loopback port found")
 
 
 def stop_process(proc: subprocess.Popen | None, timeout: float = 10.0, sig: int = signal.SIGTERM) -> None:

@@ -2,6 +2,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 
 from workers.dispatch import inspect_task_id, queue_for, task_id_for
 from workers.recovery import _task_id
@@ -13,8 +16,19 @@ def test_jobs_are_routed_by_device():
 
 
 def test_message_ids_name_the_attempt():
-    assert task_id_for("job_1", 0) != task_id_for("job_1", 1)
-    assert inspect_task_id("teacher", "tch_1", 0) != inspect_task_id("dataset", "tch_1", 0)
+    """Re-sends rely on task ids that are a pure function of (job, attempt): the recovery sweep
+    recognizes a message as already queued only by recomputing its id, in another process."""
+    ids = {(j, a): task_id_for(j, a) for j in ("job_1", "job_2") for a in (0, 1, 2)}
+    assert len(set(ids.values())) == len(ids)  # distinct per job and per attempt
+    inspect_ids = {(k, o, a): inspect_task_id(k, o, a) for k in ("teacher", "dataset") for o in ("tch_1", "ds_1")
+                   for a in (0, 1)}
+    assert len(set(inspect_ids.values())) == len(inspect_ids)
+    assert not set(ids.values()) & set(inspect_ids.values())
+    code = ("import json; from workers.dispatch import inspect_task_id, task_id_for; print(json.dumps("
+            "[task_id_for('job_1', 1), inspect_task_id('teacher', 'tch_1', 0)]))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env={**os.environ, "PYTHONHASHSEED": "123"}).stdout
+    assert json.loads(out) == [ids[("job_1", 1)], inspect_ids[("teacher", "tch_1", 0)]]  # stable across processes
 
 
 def test_task_ids_are_read_from_kombu_messages():

@@ -66,6 +66,7 @@ def test_a_step_that_never_calls_back_is_interrupted(job, monkeypatch):
     with pytest.raises(JobCancelled):
         with JobRun(settings, "job_1", 1, 60):
             jobstate.request_cancel(db, db.get(Job, "job_1"))
-            while time.monotonic() - t0 < 10:  # a long library step: pure Python, no callback
+            # a long library step: pure Python, no callback. Only the interrupt ends it: without
+            # one the loop runs out and no JobCancelled is raised (no wall-clock assertion).
+            while time.monotonic() - t0 < 60:
                 sum(range(1000))
-    assert time.monotonic() - t0 < 5

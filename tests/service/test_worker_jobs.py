@@ -51,8 +51,22 @@ def test_chunked_capture_gives_the_same_representation(tmp_path, teacher_and_dat
     with _run(tmp_path, "ra") as run:
         metrics_a, _ = representation.fit_representation(run, dict(SPEC), teacher, ds, "ab" * 32, out_a)
     monkeypatch.setattr(representation, "IN_MEMORY_ELEMENTS", 2000)  # forces chunks of 256 rows
+    captured: list = []
+    real_capture = representation._capture
+
+    def spy(*args, **kwargs):
+        out = real_capture(*args, **kwargs)
+        # the spilled chunks are removed after the fit: read their shapes now (re-iterable)
+        captured.append(None if isinstance(out, torch.Tensor) else [tuple(c.shape) for c in out])
+        return out
+
+    monkeypatch.setattr(representation, "_capture", spy)
     with _run(tmp_path, "rb") as run:
         metrics_b, _ = representation.fit_representation(run, dict(SPEC), teacher, ds, "ab" * 32, out_b)
+    # the training rows really went through the chunked path: several chunks of 256 rows
+    train_chunks = [c for c in captured if c is not None]
+    assert train_chunks, "no capture was chunked"
+    assert train_chunks[0] == [(256, 16), (44, 16)], train_chunks  # 300 rows of the 16-wide layer "0"
     assert metrics_a["n_components"] == metrics_b["n_components"] == 3
     assert metrics_b["divergence"] == pytest.approx(metrics_a["divergence"], rel=1e-3)
     assert metrics_b["test_divergence"] == pytest.approx(metrics_a["test_divergence"], rel=1e-3)
