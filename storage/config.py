@@ -4,7 +4,9 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field
+from urllib.parse import quote, urlsplit, urlunsplit
+
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -16,14 +18,19 @@ class Settings(BaseSettings):
     data_dir : directory of the blob store, job scratch space and (by default) the SQLite file.
     database_url : SQLAlchemy URL; empty means ``sqlite:///<data_dir>/bregkd.db``.
     redis_url : Celery broker and the worker-presence keys.
+    database_password, redis_password : put into those URLs, escaped, so that a password with
+        ``@ : / # %`` never breaks a URL it would otherwise be pasted into (docker-compose.yml
+        passes them this way).
     max_upload_bytes : uploads larger than this are answered 413.
     """
 
     model_config = SettingsConfigDict(env_prefix="BREGKD_", env_file=".env", extra="ignore")
 
     data_dir: Path = Field(Path("var"), description="Blobs, job scratch and the default SQLite file.")
-    database_url: str = Field("", description="SQLAlchemy URL; default sqlite:///<data_dir>/bregkd.db")
-    redis_url: str = "redis://localhost:6379/0"
+    database_url: str = Field("", repr=False, description="SQLAlchemy URL; default sqlite:///<data_dir>/bregkd.db")
+    redis_url: str = Field("redis://localhost:6379/0", repr=False)
+    database_password: str = Field("", repr=False, description="Password for database_url, escaped into it.")
+    redis_password: str = Field("", repr=False, description="Password for redis_url (Redis requirepass), escaped into it.")
     max_upload_bytes: int = Field(2 * 1024**3, ge=1)
     max_field_bytes: int = Field(1024 * 1024, ge=1, description="Limit of a non-file multipart field.")
     upload_chunk_bytes: int = Field(1024 * 1024, ge=4096)
@@ -39,6 +46,21 @@ class Settings(BaseSettings):
     inspect_time_limit_s: int = Field(300, ge=1)
     migrate_on_start: bool = Field(True, description="Run the migrations when the API starts (off when a separate step does).")
     version: str = "0.1.0"
+
+    @model_validator(mode="after")
+    def _passwords_into_urls(self) -> "Settings":
+        if self.database_password and self.database_url:
+            from sqlalchemy.engine import make_url
+
+            url = make_url(self.database_url).set(password=self.database_password)
+            self.database_url = url.render_as_string(hide_password=False)
+        if self.redis_password:
+            parts = urlsplit(self.redis_url)
+            host = parts.netloc.rpartition("@")[2]
+            user = parts.username or ""
+            netloc = f"{quote(user, safe='')}:{quote(self.redis_password, safe='')}@{host}"
+            self.redis_url = urlunsplit(parts._replace(netloc=netloc))
+        return self
 
     @property
     def resolved_database_url(self) -> str:

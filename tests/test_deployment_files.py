@@ -24,7 +24,7 @@ DOCKERFILE = (ROOT / "Dockerfile").read_text()
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
 ENV_EXAMPLE = (ROOT / ".env.example").read_text()
 
-BREGKD_SERVICES = ["migrate", "api", "worker", "worker-gpu"]
+BREGKD_SERVICES = ["migrate", "api", "worker", "worker-gpu"]  # every container that runs our image
 #: executables that come from a declared dependency, and the distribution that provides them
 DEPENDENCY_SCRIPTS = {"uvicorn": "uvicorn", "celery": "celery"}
 
@@ -122,10 +122,29 @@ def test_compose_has_the_services_with_health_checks_and_volumes():
         assert services[name]["environment"]["BREGKD_DATA_DIR"] == "/data"
 
 
-def test_gpu_worker_reserves_one_gpu_and_runs_one_job():
+def test_compose_file_follows_the_compose_specification():
+    """The Compose Specification's JSON schema, as vendored by check-jsonschema (its copy of
+    compose-spec/compose-spec's schema/compose-spec.json): what Compose 2.x itself validates."""
+    import importlib.resources
+
+    import jsonschema
+
+    schema_file = importlib.resources.files("check_jsonschema") / "builtin_schemas" / "vendor" / "compose-spec.json"
+    schema = json.loads(schema_file.read_text())
+    jsonschema.validate(COMPOSE, schema)
+    broken = {**COMPOSE, "services": {**COMPOSE["services"], "api": {**COMPOSE["services"]["api"], "restart": 3}}}
+    with pytest.raises(jsonschema.ValidationError):  # the schema really checks something
+        jsonschema.validate(broken, schema)
+
+
+def test_gpu_worker_reserves_one_named_gpu_and_runs_one_job():
     gpu = COMPOSE["services"]["worker-gpu"]
     devices = gpu["deploy"]["resources"]["reservations"]["devices"]
-    assert devices[0]["driver"] == "nvidia" and devices[0]["count"] == 1 and "gpu" in devices[0]["capabilities"]
+    assert len(devices) == 1 and devices[0]["driver"] == "nvidia" and "gpu" in devices[0]["capabilities"]
+    # count and device_ids exclude each other; a named device lets each GPU worker take its own
+    assert "count" not in devices[0] and devices[0]["device_ids"] == ["${GPU_DEVICE_ID:-0}"]
+    assert gpu["image"] == "bregkd:${GPU_TORCH_VARIANT:-cu128}"
+    assert gpu["build"]["args"]["TORCH_VARIANT"] == "${GPU_TORCH_VARIANT:-cu128}"  # the tag names the build
     cmd = gpu["command"]
     assert cmd[cmd.index("--concurrency") + 1] == "1" and cmd[cmd.index("--pool") + 1] == "solo"
     assert cmd[cmd.index("-Q") + 1] == "gpu"
@@ -134,6 +153,53 @@ def test_gpu_worker_reserves_one_gpu_and_runs_one_job():
 @pytest.mark.parametrize("service", BREGKD_SERVICES)
 def test_compose_commands_resolve(service):
     check_command(COMPOSE["services"][service]["command"])
+
+
+def test_image_tag_follows_the_torch_build():
+    for name in ("api", "worker", "migrate"):
+        svc = COMPOSE["services"][name]
+        assert svc["image"] == "bregkd:${TORCH_VARIANT:-cpu}" and svc["build"]["args"]["TORCH_VARIANT"] == "${TORCH_VARIANT:-cpu}"
+
+
+def test_api_runs_one_process_without_migrations_and_trusts_only_its_proxy():
+    api = COMPOSE["services"]["api"]
+    cmd = api["command"]
+    assert "--workers" not in cmd  # one Prometheus registry: /metrics is the same at every scrape
+    assert api["environment"]["BREGKD_MIGRATE_ON_START"] == "false"  # the migrate service does it
+    assert "--proxy-headers" in cmd and cmd[cmd.index("--forwarded-allow-ips") + 1] == "${FORWARDED_ALLOW_IPS:-127.0.0.1}"
+    from storage.config import Settings
+
+    assert Settings.model_validate({"migrate_on_start": api["environment"]["BREGKD_MIGRATE_ON_START"]}).migrate_on_start is False
+
+
+def test_redis_and_postgres_are_reachable_and_redis_has_a_password():
+    services = COMPOSE["services"]
+    for name, port in (("postgres", 5432), ("redis", 6379)):
+        published = services[name]["ports"]
+        assert any(p.startswith("${PUBLISH_ADDRESS:-127.0.0.1}:") and p.endswith(f":{port}") for p in published), published
+    cmd = services["redis"]["command"]
+    assert cmd[cmd.index("--requirepass") + 1] == "${REDIS_PASSWORD:-change-me-too}"
+    for name in BREGKD_SERVICES:
+        env = services[name]["environment"]
+        assert env["BREGKD_REDIS_PASSWORD"] == "${REDIS_PASSWORD:-change-me-too}"
+        assert env["BREGKD_DATABASE_PASSWORD"] == "${POSTGRES_PASSWORD:-change-me}"
+        assert "PASSWORD" not in env["BREGKD_DATABASE_URL"] and "PASSWORD" not in env["BREGKD_REDIS_URL"]
+
+
+def test_passwords_with_url_characters_survive_into_the_urls():
+    import redis
+    from sqlalchemy.engine import make_url
+
+    from storage.config import Settings
+
+    password = "p@ss:w/rd#%?&="
+    s = Settings(database_url="postgresql+psycopg://bregkd@postgres:5432/bregkd", database_password=password,
+                 redis_url="redis://redis:6379/0", redis_password=password)
+    url = make_url(s.database_url)
+    assert (url.password, url.host, url.database) == (password, "postgres", "bregkd")
+    parsed = redis.connection.parse_url(s.redis_url)
+    assert (parsed["password"], parsed["host"], parsed["port"]) == (password, "redis", 6379)
+    assert password not in repr(s)
 
 
 @pytest.mark.parametrize("service", ["api", "worker", "migrate"])
@@ -181,18 +247,69 @@ def _instructions() -> list[tuple[str, str]]:
     return out
 
 
+def _dockerignore_rules() -> list[tuple[bool, re.Pattern]]:
+    """(negated, regex) per line, with Docker's semantics: Go filepath.Match patterns relative to
+    the context root, ``**`` for any number of directories, ``!`` re-including, last match wins."""
+    rules = []
+    for line in (ROOT / ".dockerignore").read_text().splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        negated = line.startswith("!")
+        pattern = line[1:] if negated else line
+        pattern = pattern.strip("/")
+        regex = ""
+        i = 0
+        while i < len(pattern):
+            if pattern.startswith("**/", i):
+                regex, i = regex + "(?:.*/)?", i + 3
+            elif pattern.startswith("**", i):
+                regex, i = regex + ".*", i + 2
+            elif pattern[i] == "*":
+                regex, i = regex + "[^/]*", i + 1
+            elif pattern[i] == "?":
+                regex, i = regex + "[^/]", i + 1
+            else:
+                regex, i = regex + re.escape(pattern[i]), i + 1
+        rules.append((negated, re.compile(regex + r"\Z")))
+    return rules
+
+
+def dockerignored(path: str) -> bool:
+    """Whether Docker leaves ``path`` out of the build context (a directory takes its contents)."""
+    parts = path.strip("/").split("/")
+    for depth in range(1, len(parts) + 1):
+        prefix = "/".join(parts[:depth])
+        excluded = None
+        for negated, regex in _dockerignore_rules():
+            if regex.match(prefix):
+                excluded = not negated
+        if excluded:
+            return True
+    return False
+
+
+def test_dockerignore_matcher_follows_docker_semantics():
+    assert dockerignored("tests/e2e/conftest.py") and dockerignored(".git/HEAD")
+    assert dockerignored("bregman/__pycache__/pca.cpython-311.pyc") and dockerignored("benchmarks/out/x.json")
+    assert dockerignored(".env") and not dockerignored(".env.example")  # "!" re-includes
+    assert not dockerignored("bregman/pca.py") and not dockerignored("pyproject.toml")
+
+
 def test_dockerfile_copy_sources_exist_and_are_not_ignored():
-    ignored = {l.strip() for l in (ROOT / ".dockerignore").read_text().splitlines()
-               if l.strip() and not l.startswith("#")}
     copies = [rest for word, rest in _instructions() if word == "COPY" and not rest.startswith("--from")]
     assert copies
     for rest in copies:
         *sources, _dest = shlex.split(rest)
         for src in sources:
             assert (ROOT / src).exists(), f"COPY source {src} does not exist"
-            assert src.rstrip("/") not in ignored, f"COPY source {src} is excluded by .dockerignore"
-    for must in (".git", ".env", "tests"):
-        assert must in ignored
+            assert not dockerignored(src), f"COPY source {src} is excluded by .dockerignore"
+            if (ROOT / src).is_dir():  # and none of the package's own files inside it
+                for f in (ROOT / src).rglob("*.py"):
+                    rel = f.relative_to(ROOT).as_posix()
+                    assert "__pycache__" in rel or not dockerignored(rel), f"{rel} is excluded by .dockerignore"
+    for secret_or_bulk in (".git/config", ".env", "tests/conftest.py", ".venv/bin/python", "var/bregkd.db"):
+        assert dockerignored(secret_or_bulk), f"{secret_or_bulk} would be sent to the image"
 
 
 def test_dockerfile_is_multi_stage_with_pinned_torch_and_a_cuda_switch():
