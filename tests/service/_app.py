@@ -24,7 +24,7 @@ LAYERS = [
 
 
 def make_client(tmp_path: Path, **overrides) -> tuple[TestClient, Settings]:
-    settings = Settings(data_dir=tmp_path, redis_url="memory://", **overrides)
+    settings = Settings(**{"data_dir": tmp_path, "redis_url": "memory://", **overrides})
     return TestClient(create_app(settings)), settings
 
 
