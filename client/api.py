@@ -389,21 +389,29 @@ class BregkdClient:
 
     def fit_representation(self, teacher_id: str, layer: str, *, dataset: str = "digits",
                            n_components: int | None = None, target_share: float | None = None,
-                           transfer: str = "auto", idempotency_key: str | None = None, **spec: Any) -> JobOut:
-        """Create a ``representation`` job (other :class:`RepresentationSpec` fields as keywords)."""
+                           transfer: str = "auto", idempotency_key: str | None = None, dataset_by_name: bool = False,
+                           **spec: Any) -> JobOut:
+        """Create a ``representation`` job (other :class:`RepresentationSpec` fields as keywords).
+
+        ``dataset_by_name``: ``dataset`` may also be an uploaded data set's name (see
+        :meth:`resolve_dataset`); looked up after the spec is validated here.
+        """
         try:
             model = RepresentationSpec(teacher_id=teacher_id, dataset=dataset, layer=str(layer),
                                        n_components=n_components, target_share=target_share,
                                        transfer=transfer, **spec)
         except ValueError as exc:
             raise _spec_error("invalid representation job", exc, RepresentationSpec) from None
+        if dataset_by_name:
+            model.dataset = self.resolve_dataset(model.dataset)
         return self.create_job(model, idempotency_key=idempotency_key)
 
     def distill(self, teacher_id: str, *, dataset: str = "digits", representation_job_id: str | None = None,
                 layer: str | None = None, student: Mapping[str, Any] | None = None,
                 methods: list[str] | None = None, epochs: int | None = None,
-                idempotency_key: str | None = None, **spec: Any) -> JobOut:
-        """Create a ``distillation`` job (other :class:`DistillationSpec` fields as keywords)."""
+                idempotency_key: str | None = None, dataset_by_name: bool = False, **spec: Any) -> JobOut:
+        """Create a ``distillation`` job (other :class:`DistillationSpec` fields as keywords;
+        ``dataset_by_name`` as in :meth:`fit_representation`)."""
         fields: dict[str, Any] = dict(spec)
         if epochs is not None:
             fields["budget"] = {**dict(fields.get("budget") or {}), "epochs": epochs}
@@ -417,6 +425,8 @@ class BregkdClient:
                                      layer=None if layer is None else str(layer), **fields)
         except ValueError as exc:
             raise _spec_error("invalid distillation job", exc, DistillationSpec) from None
+        if dataset_by_name:
+            model.dataset = self.resolve_dataset(model.dataset)
         return self.create_job(model, idempotency_key=idempotency_key)
 
     def list_jobs(self, *, state: str | None = None, kind: str | None = None,

@@ -93,7 +93,7 @@ def cli_words(text: str) -> str:
     """A message with the API's field names replaced by the flags (``n_components=40`` -> ``--k 40``)."""
     for word in _MESSAGE_WORDS:
         text = re.sub(rf"\b{word}\b(=)?", lambda m, w=word: CLI_WORDS[w] + (" " if m.group(1) else ""), text)
-    return text
+    return text.replace("--representation or a layer", "--representation or a --layer")
 
 
 def cli_message(exc: BregkdError) -> str:
@@ -414,7 +414,7 @@ def fit(
     if max_train_rows is not None:
         budget["max_train_rows"] = max_train_rows
     with st.client() as api:
-        job = api.fit_representation(teacher_id, layer, dataset=api.resolve_dataset(dataset), n_components=k,
+        job = api.fit_representation(teacher_id, layer, dataset=dataset, dataset_by_name=True, n_components=k,
                                      target_share=share, transfer=transfer, solver={"mean": mean}, device=device,
                                      seed=seed, budget=budget)
         _after_create(api, st, job, wait)
@@ -461,7 +461,7 @@ def distill(
     if max_train_rows is not None:
         budget["max_train_rows"] = max_train_rows
     with st.client() as api:
-        job = api.distill(teacher_id, dataset=api.resolve_dataset(dataset), representation_job_id=representation,
+        job = api.distill(teacher_id, dataset=dataset, dataset_by_name=True, representation_job_id=representation,
                           layer=layer, n_components=k, student=student, methods=list(method), epochs=epochs,
                           options=_parse_options(option), device=device, seed=seed, budget=budget,
                           transfer=transfer, onnx=onnx)

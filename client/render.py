@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from typing import Any, Iterable, Sequence
 
+from rich import box
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
@@ -38,44 +39,60 @@ def value_text(v: Any) -> str:
 
 
 def table(title: str | None, columns: Sequence[str], rows: Iterable[Sequence[Any]], *,
-          ids: Sequence[str] = ()) -> Table:
-    """A table whose ``ids`` columns never wrap (they are as wide as their longest value)."""
+          ids: Sequence[str] = (), whole: Sequence[str] = (), listing: bool = False) -> Table:
+    """A table whose ``ids`` columns never wrap (they are as wide as their longest value).
+
+    ``whole``: short columns (states, kinds) kept whole too, as long as the ids leave room.
+    ``listing``: a list of records, drawn without vertical rules so that more fits in a line.
+    """
     cells = [[value_text(v) for v in r] for r in rows]
-    out = Table(title=title, title_justify="left")
+    if listing:
+        out = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
+    else:
+        out = Table(title=title, title_justify="left")
     for i, c in enumerate(columns):
-        if c in ids:
+        if c in ids or c in whole:
             width = max([len(c), *(len(r[i]) for r in cells)])
             out.add_column(c, no_wrap=True, min_width=width)
         else:
-            out.add_column(c, overflow="fold")
+            out.add_column(c, overflow="fold", min_width=min(len(c), 8))  # a header folds last
     for r in cells:
         out.add_row(*r)
     return out
 
 
-def _when(dt: Any, seconds: bool = False) -> str:
-    return dt.strftime("%Y-%m-%d %H:%M:%S" if seconds else "%Y-%m-%d %H:%M") if dt is not None else "-"
+def _when(dt: Any) -> str:
+    return dt.strftime("%Y-%m-%d %H:%M") if dt is not None else "-"
+
+
+def _short_when(dt: Any) -> str:
+    return dt.strftime("%m-%d %H:%M") if dt is not None else "-"
+
+
+def _state(job: Any) -> str:
+    state = job.state.value
+    return f"{state} {job.progress.fraction:.0%}" if state in ("running", "queued") else state
 
 
 def teachers_table(page: TeacherList) -> Table:
     rows = [[t.id, t.name, t.format, t.status, t.parameter_count, t.input_shape, _when(t.created_at)]
             for t in page.items]
     return table(f"teachers ({page.total})", ["id", "name", "format", "status", "params", "input", "created"],
-                 rows, ids=["id"])
+                 rows, ids=["id"], whole=["format", "status"], listing=True)
 
 
 def datasets_table(page: DatasetList) -> Table:
     rows = [[d.id, d.name, d.builtin, d.status, d.input_shape, d.num_classes, d.n_train, d.n_test]
             for d in page.items]
     return table(f"data sets ({page.total})", ["id", "name", "builtin", "status", "input", "classes", "train",
-                                                "test"], rows, ids=["id"])
+                                                "test"], rows, ids=["id"], listing=True)
 
 
 def jobs_table(page: Any) -> Table:
-    rows = [[j.id, j.kind, j.state, f"{j.progress.fraction:.0%}", j.progress.phase, j.spec.get("teacher_id"),
-             _when(j.created_at, seconds=True)] for j in page.items]
-    return table(f"jobs ({len(page.items)} of {page.total})",
-                 ["id", "kind", "state", "progress", "phase", "teacher", "created"], rows, ids=["id", "teacher"])
+    rows = [[j.id, j.kind, _state(j), j.progress.phase, j.spec.get("teacher_id"), _short_when(j.created_at)]
+            for j in page.items]
+    return table(f"jobs ({len(page.items)} of {page.total})", ["id", "kind", "state", "phase", "teacher", "created"],
+                 rows, ids=["id", "teacher"], whole=["kind", "state"], listing=True)
 
 
 def layer_transfer(layer: Any) -> str:
@@ -94,14 +111,14 @@ def layer_note(layer: Any) -> str | None:
         notes.append("output layer: auto fits the softmax of the logits")
     if len(layer.output_shape) > 1:
         # "flat": a C x H x W map is fitted as one vector of d = C*H*W values per example
-        notes.append(f"{'x'.join(map(str, layer.output_shape))} map fitted as {layer.d} flat values")
+        notes.append(f"{'x'.join(map(str, layer.output_shape))} map fitted as one vector of {layer.d}")
     return "; ".join(notes) or None
 
 
 def layers_table(layers: LayerList) -> Table:
     rows = [[l.path, l.op, l.output_shape, l.d, layer_transfer(l), l.tappable, layer_note(l)] for l in layers.items]
     return table(f"layers of {layers.teacher_id}", ["layer", "op", "shape", "d", "transfer", "tappable", "note"],
-                 rows, ids=["layer"])
+                 rows, ids=["layer"], listing=True)
 
 
 def _flatten(prefix: str, value: Any, out: list[tuple[str, Any]]) -> None:
@@ -168,8 +185,8 @@ def show_job(console: Console, job: JobOut, artifacts: list[ArtifactOut] | None 
     if artifacts:
         console.print(table("artifacts", ["name", "bytes", "type"], [[a.name, a.size, a.media_type] for a in artifacts],
                             ids=["name"]))
-        if artifact_url:
-            say(f"  URL of each: {artifact_url}")
+        if artifact_url:  # one line even where the terminal is narrower: it is copied, not read
+            console.print(f"  URL of each: {artifact_url}", markup=False, soft_wrap=True)
         plots = [a.name for a in artifacts if a.name.endswith(".png")]
         if plots:
             say("  plots: " + ", ".join(plots))
