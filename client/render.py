@@ -109,9 +109,14 @@ def layer_note(layer: Any) -> str | None:
     notes = []
     if getattr(layer, "auto_transfer", None) == "softmax" and layer.transfer != "softmax":
         notes.append("output layer: auto fits the softmax of the logits")
-    if len(layer.output_shape) > 1:
-        # "flat": a C x H x W map is fitted as one vector of d = C*H*W values per example
-        notes.append(f"{'x'.join(map(str, layer.output_shape))} map fitted as one vector of {layer.d}")
+    shape = list(layer.output_shape)
+    if len(shape) > 1:
+        # the listing's "representation" is the layout: "flat" fits a C x H x W map as one vector of
+        # d = C*H*W values per example; "channels" fits C-value rows, one per position
+        if getattr(layer, "representation", None) == "channels":
+            notes.append(f"{'x'.join(map(str, shape))} map fitted as {shape[0]}-channel rows at each position")
+        else:
+            notes.append(f"{'x'.join(map(str, shape))} map fitted as one vector of {layer.d}")
     return "; ".join(notes) or None
 
 

@@ -44,6 +44,8 @@ def test_layer_listing_explains_flat_maps_and_the_output_layer():
     layers = LayerList(teacher_id="tch_1", items=[
         LayerOut(path="layer3.2.conv2", op="conv", output_shape=[64, 8, 8], d=4096, transfer="relu", tappable=True,
                  representation="flat"),
+        LayerOut(path="layer1.0", op="conv", output_shape=[16, 32, 32], d=16384, transfer="relu", tappable=True,
+                 representation="channels"),
         LayerOut(path="fc", op="linear", output_shape=[10], d=10, transfer="identity", auto_transfer="softmax",
                  tappable=True, representation="flat"),
         LayerOut(path="act", op="linear", output_shape=[10], d=10, transfer="gelu", tappable=False,
@@ -53,6 +55,7 @@ def test_layer_listing_explains_flat_maps_and_the_output_layer():
     rows = {line.split()[0]: line for line in _render(render.layers_table(layers), width=200)[4:] if line.strip()}
     assert "flat" not in "".join(rows.values())  # the bare word explained nothing
     assert "64x8x8 map fitted as one vector of 4096" in rows["layer3.2.conv2"]
+    assert "16x32x32 map fitted as 16-channel rows at each position" in rows["layer1.0"]
     assert "identity (auto: softmax)" in rows["fc"] and "output layer" in rows["fc"]
     assert "GELU is not monotone" in rows["act"]
 
