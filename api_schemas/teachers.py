@@ -50,6 +50,9 @@ class LayerOut(BaseModel):
     output_shape: list[int] = Field(description="Per-example shape of the pre-activation.")
     d: int = Field(description="Number of units (flattened output_shape).")
     transfer: str | None = Field(None, description="Transfer function applied after this layer.")
+    auto_transfer: str | None = Field(None, description=(
+        "The transfer a job's `transfer: auto` fits here: softmax at the teacher's output layer (its logits, "
+        "listed as identity), else the listed one; None where the layer cannot be tapped."))
     transfer_params: dict[str, Any] = Field(default_factory=dict)
     tappable: bool = Field(description="Whether a Bregman representation can be fitted here.")
     reason: str | None = Field(None, description="Why not, when not tappable.")

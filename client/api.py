@@ -17,7 +17,7 @@ import os
 import time
 import uuid
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any, Callable, Iterator, Mapping, NamedTuple
 from urllib.parse import quote
 
 import httpx
@@ -41,16 +41,35 @@ from api_schemas import (
     TeacherList,
     TeacherOut,
 )
-from client.settings import ClientSettings
+from client.settings import ENV_API_KEY, ClientSettings
 
-__all__ = ["BregkdClient", "BregkdError", "ApiError", "ServiceUnreachable", "WaitTimeout", "error_message"]
+__all__ = ["BregkdClient", "BregkdError", "ApiError", "Problem", "ServiceUnreachable", "WaitTimeout",
+           "error_message"]
 
 _JOB_SPEC = TypeAdapter(JobSpec)
 _CHUNK = 1 << 20
 
 
+class Problem(NamedTuple):
+    """One thing wrong with a request: where (``("options", "lr")``; empty when it is the whole
+    request), what (one line) and pydantic's / the API's error type (e.g. ``extra_forbidden``)."""
+
+    loc: tuple[str, ...]
+    msg: str
+    type: str = ""
+
+
 class BregkdError(Exception):
-    """Anything that stops a client call; ``str()`` is a one-line message for a user."""
+    """Anything that stops a client call; ``str()`` is a one-line message for a user.
+
+    ``problems`` lists the fields at fault when the call was refused as invalid (a spec that
+    failed validation here, or the API's 422), so that a front end can name them in its own
+    words (the CLI says ``--k`` where the API says ``n_components``).
+    """
+
+    def __init__(self, message: str, problems: list[Problem] | None = None):
+        super().__init__(message)
+        self.problems: list[Problem] = list(problems or [])
 
 
 class ApiError(BregkdError):
@@ -69,7 +88,7 @@ class ApiError(BregkdError):
         self.body = body
         self.method = method
         self.url = url
-        super().__init__(f"{status_code} {_reason(status_code)}: {message}")
+        super().__init__(f"{status_code} {_reason(status_code)}: {message}", _detail_problems(body))
 
 
 class ServiceUnreachable(BregkdError):
@@ -82,6 +101,24 @@ class WaitTimeout(BregkdError):
 
 def _reason(status_code: int) -> str:
     return httpx.codes.get_reason_phrase(status_code) or "Error"
+
+
+def _one_line(text: Any) -> str:
+    """A message as one line, without pydantic's ``Value error, `` prefix (it says nothing to a user)."""
+    line = " ".join(str(text).split())
+    return line.removeprefix("Value error, ")
+
+
+_LOC_NOISE = ("body", "query", "path", "header", "representation", "distillation")
+
+
+def _detail_problems(body: Any) -> list[Problem]:
+    """The field problems of a FastAPI-shaped 422 body (``{"detail": [{"loc", "msg", "type"}]}``)."""
+    detail = body.get("detail") if isinstance(body, dict) else None
+    if not isinstance(detail, list):
+        return []
+    return [Problem(tuple(str(p) for p in item.get("loc", []) if p not in _LOC_NOISE), _one_line(item.get("msg", "")),
+                    str(item.get("type", ""))) for item in detail if isinstance(item, dict)]
 
 
 def error_message(response: httpx.Response) -> str:
@@ -97,16 +134,16 @@ def error_message(response: httpx.Response) -> str:
         body = None
     detail = body.get("detail") if isinstance(body, dict) else None
     if isinstance(detail, str) and detail.strip():
-        return " ".join(detail.split())
+        return _one_line(detail)
     if isinstance(detail, list) and detail:
         parts = []
         for item in detail:
             if isinstance(item, dict):
-                loc = [str(p) for p in item.get("loc", []) if p not in ("body", "query", "path", "header")]
-                msg = " ".join(str(item.get("msg", item)).split())
+                loc = [str(p) for p in item.get("loc", []) if p not in _LOC_NOISE]
+                msg = _one_line(item.get("msg", item))
                 parts.append(f"{'.'.join(loc)}: {msg}" if loc else msg)
             else:
-                parts.append(" ".join(str(item).split()))
+                parts.append(_one_line(item))
         return "; ".join(parts)
     if isinstance(body, dict) and body:
         return json.dumps(body)[:300]
@@ -133,7 +170,10 @@ class BregkdClient:
 
     def __init__(self, api_url: str | None = None, api_key: str | None = None, *,
                  timeout_s: float | None = None, transport: httpx.BaseTransport | None = None):
-        self.settings = ClientSettings.resolve(api_url, api_key, timeout_s)
+        try:
+            self.settings = ClientSettings.resolve(api_url, api_key, timeout_s)
+        except ValueError as exc:
+            raise BregkdError(str(exc)) from None
         headers = {"User-Agent": "bregkd-client/0.1"}
         if self.settings.api_key:
             headers["Authorization"] = f"Bearer {self.settings.api_key}"
@@ -172,8 +212,7 @@ class BregkdClient:
         self._raise_for_status(response, method, path)
         return response
 
-    @staticmethod
-    def _raise_for_status(response: httpx.Response, method: str, path: str) -> None:
+    def _raise_for_status(self, response: httpx.Response, method: str, path: str) -> None:
         if response.status_code >= 400:
             if not response.is_closed:
                 response.read()
@@ -181,7 +220,22 @@ class BregkdClient:
                 body: Any = response.json()
             except (ValueError, UnicodeDecodeError):
                 body = response.text
-            raise ApiError(response.status_code, error_message(response), body, method, path)
+            message = error_message(response)
+            if response.status_code == 401:
+                message = self._key_hint(message)
+            elif response.status_code in (404, 405) and message in ("Not Found", "Method Not Allowed"):
+                # the router's own answer, not an object's: the URL does not lead to this API
+                message = (f"{message}: no bregkd route {method} {path} at {self.api_url}; set BREGKD_API_URL / "
+                           "--api-url to the service's base URL (what `bregkd serve` prints)")
+            raise ApiError(response.status_code, message, body, method, path)
+
+    def _key_hint(self, message: str) -> str:
+        """A 401 says where the key comes from: it is the one thing a user can change."""
+        if not self.settings.api_key:
+            return (f"no API key given: set {ENV_API_KEY} or pass --api-key (api_key= in Python); "
+                    "`bregkd serve` prints one, an operator creates one with "
+                    "`python -m service.admin keys create --tenant NAME`")
+        return f"{message}: check {ENV_API_KEY} / --api-key (the key is sent as a Bearer token)"
 
     def _get(self, path: str, model: type[BaseModel], **params: Any) -> Any:
         params = {k: v for k, v in params.items() if v is not None}
@@ -275,6 +329,27 @@ class BregkdClient:
         """``GET /v1/datasets/{id}`` (a built-in's id is its name, e.g. ``digits``)."""
         return self._get(f"/v1/datasets/{_seg(dataset_id)}", DatasetOut)
 
+    def resolve_dataset(self, ref: str) -> str:
+        """The id of the data set ``ref`` names: an id, a built-in's name, or the ``name`` given at
+        upload (when exactly one of yours has it). An unknown ``ref`` is returned as it is, for the
+        API to refuse with its own message; a name several data sets share raises BregkdError."""
+        try:
+            return self.get_dataset(ref).id
+        except ApiError as exc:
+            if exc.status_code != 404:
+                raise
+        matches: list[str] = []
+        offset = 0
+        while True:
+            page = self.list_datasets(limit=500, offset=offset)
+            matches += [d.id for d in page.items if d.name == ref]
+            offset += len(page.items)
+            if not page.items or offset >= page.total:
+                break
+        if len(matches) > 1:
+            raise BregkdError(f"{len(matches)} data sets are named {ref!r} ({', '.join(matches)}): name one by its id")
+        return matches[0] if matches else ref
+
     def delete_dataset(self, dataset_id: str) -> None:
         """``DELETE /v1/datasets/{id}``."""
         self._request("DELETE", f"/v1/datasets/{_seg(dataset_id)}")
@@ -307,28 +382,36 @@ class BregkdClient:
             try:
                 body = _JOB_SPEC.validate_python(dict(spec)).model_dump(mode="json", exclude_none=True)
             except ValueError as exc:
-                raise BregkdError(f"invalid job spec: {_pydantic_message(exc)}") from None
+                raise _spec_error("invalid job spec", exc, None) from None
         key = idempotency_key or uuid.uuid4().hex
         response = self._request("POST", "/v1/jobs", json=body, headers={"Idempotency-Key": key})
         return JobOut.model_validate(response.json())
 
     def fit_representation(self, teacher_id: str, layer: str, *, dataset: str = "digits",
                            n_components: int | None = None, target_share: float | None = None,
-                           transfer: str = "auto", idempotency_key: str | None = None, **spec: Any) -> JobOut:
-        """Create a ``representation`` job (other :class:`RepresentationSpec` fields as keywords)."""
+                           transfer: str = "auto", idempotency_key: str | None = None, dataset_by_name: bool = False,
+                           **spec: Any) -> JobOut:
+        """Create a ``representation`` job (other :class:`RepresentationSpec` fields as keywords).
+
+        ``dataset_by_name``: ``dataset`` may also be an uploaded data set's name (see
+        :meth:`resolve_dataset`); looked up after the spec is validated here.
+        """
         try:
             model = RepresentationSpec(teacher_id=teacher_id, dataset=dataset, layer=str(layer),
                                        n_components=n_components, target_share=target_share,
                                        transfer=transfer, **spec)
         except ValueError as exc:
-            raise BregkdError(f"invalid representation job: {_pydantic_message(exc)}") from None
+            raise _spec_error("invalid representation job", exc, RepresentationSpec) from None
+        if dataset_by_name:
+            model.dataset = self.resolve_dataset(model.dataset)
         return self.create_job(model, idempotency_key=idempotency_key)
 
     def distill(self, teacher_id: str, *, dataset: str = "digits", representation_job_id: str | None = None,
                 layer: str | None = None, student: Mapping[str, Any] | None = None,
                 methods: list[str] | None = None, epochs: int | None = None,
-                idempotency_key: str | None = None, **spec: Any) -> JobOut:
-        """Create a ``distillation`` job (other :class:`DistillationSpec` fields as keywords)."""
+                idempotency_key: str | None = None, dataset_by_name: bool = False, **spec: Any) -> JobOut:
+        """Create a ``distillation`` job (other :class:`DistillationSpec` fields as keywords;
+        ``dataset_by_name`` as in :meth:`fit_representation`)."""
         fields: dict[str, Any] = dict(spec)
         if epochs is not None:
             fields["budget"] = {**dict(fields.get("budget") or {}), "epochs": epochs}
@@ -341,7 +424,9 @@ class BregkdClient:
                                      representation_job_id=representation_job_id,
                                      layer=None if layer is None else str(layer), **fields)
         except ValueError as exc:
-            raise BregkdError(f"invalid distillation job: {_pydantic_message(exc)}") from None
+            raise _spec_error("invalid distillation job", exc, DistillationSpec) from None
+        if dataset_by_name:
+            model.dataset = self.resolve_dataset(model.dataset)
         return self.create_job(model, idempotency_key=idempotency_key)
 
     def list_jobs(self, *, state: str | None = None, kind: str | None = None,
@@ -505,15 +590,40 @@ def _manifest_text(manifest: Mapping[str, Any] | str | os.PathLike) -> str:
     return text
 
 
-def _pydantic_message(exc: Exception) -> str:
+def valid_keys(model: type[BaseModel] | None, loc: tuple[str, ...]) -> list[str]:
+    """The field names allowed next to ``loc[-1]``: the fields of the model that holds it
+    (``valid_keys(DistillationSpec, ("options", "learning_rate"))`` lists DistillOptions' fields)."""
+    for part in loc[:-1]:
+        field = model.model_fields.get(part) if model is not None else None
+        annotation = field.annotation if field is not None else None
+        candidates = [a for a in (annotation, *getattr(annotation, "__args__", ()))
+                      if isinstance(a, type) and issubclass(a, BaseModel)]
+        model = candidates[0] if candidates else None
+    return sorted(model.model_fields) if model is not None else []
+
+
+def _spec_problems(exc: Exception, model: type[BaseModel] | None) -> list[Problem]:
     errors = getattr(exc, "errors", None)
-    if callable(errors):
-        parts = []
-        for err in errors():
-            loc = ".".join(str(p) for p in err.get("loc", ()) if p not in ("representation", "distillation"))
-            parts.append(f"{loc}: {err.get('msg')}" if loc else str(err.get("msg")))
-        return "; ".join(parts)
-    return str(exc)
+    if not callable(errors):
+        return [Problem((), _one_line(exc))]
+    problems = []
+    for err in errors():
+        loc = tuple(str(p) for p in err.get("loc", ()) if p not in _LOC_NOISE)
+        if model is None and err.get("loc", ("",))[0] in ("representation", "distillation"):
+            model_of = {"representation": RepresentationSpec, "distillation": DistillationSpec}
+            model = model_of[err["loc"][0]]
+        msg = _one_line(err.get("msg", ""))
+        if err.get("type") == "extra_forbidden":
+            keys = valid_keys(model, loc)
+            msg = "unknown key" + (f"; valid keys: {', '.join(keys)}" if keys else "")
+        problems.append(Problem(loc, msg, str(err.get("type", ""))))
+    return problems
+
+
+def _spec_error(what: str, exc: Exception, model: type[BaseModel] | None) -> BregkdError:
+    problems = _spec_problems(exc, model)
+    text = "; ".join(f"{'.'.join(p.loc)}: {p.msg}" if p.loc else p.msg for p in problems)
+    return BregkdError(f"{what}: {text}", problems)
 
 
 def _parse_sse(lines: Iterator[str]) -> Iterator[tuple[str, str]]:

@@ -2,6 +2,7 @@
 
 Every command talks to the API at ``--api-url`` / ``BREGKD_API_URL`` with the key in
 ``--api-key`` / ``BREGKD_API_KEY``; ``serve`` and ``demo`` run the service locally.
+``--json`` may come anywhere on the line.
 
 Exit codes: 0 success; 1 the API refused (the line printed says why) or a job failed;
 2 bad command-line usage; 3 no service at the URL; 130 interrupted.
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import json
+import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,33 +19,91 @@ from typing import Any, Callable, Optional, TypeVar, get_args
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
-from rich.table import Table
 
-from api_schemas import TERMINAL_STATES, DistillationMethod, JobOut
+from api_schemas import TERMINAL_STATES, DistillationMethod, DistillOptions, JobOut
+from client import render
 from client.api import BregkdClient, BregkdError, ServiceUnreachable
+from client.cli_help import Typer
+from client.progress import wait_with_progress
 from client.settings import DEFAULT_API_URL, ENV_API_KEY, ENV_API_URL
 
 EXIT_API_ERROR = 1
 EXIT_UNREACHABLE = 3
 EXIT_INTERRUPTED = 130
 
-app = typer.Typer(
+app = Typer(
     name="bregkd",
     help="Layerwise Bregman representations and distillation, as a service: upload a teacher, "
          "fit a layer's representation, distill a student, download the artifacts.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,  # help texts are plain: "[default: ...]" and "<name>" print as written
 )
-teachers_app = typer.Typer(help="Upload and inspect teacher networks.", no_args_is_help=True)
-datasets_app = typer.Typer(help="Upload and list data sets (built-in: digits).", no_args_is_help=True)
-jobs_app = typer.Typer(help="List, show, wait for and cancel jobs.", no_args_is_help=True)
+teachers_app = Typer(help="Upload and inspect teacher networks.", no_args_is_help=True, rich_markup_mode=None)
+datasets_app = Typer(help="Upload and list data sets (built-in: digits).", no_args_is_help=True,
+                     rich_markup_mode=None)
+jobs_app = Typer(help="List, show, wait for and cancel jobs.", no_args_is_help=True, rich_markup_mode=None)
 app.add_typer(teachers_app, name="teachers")
 app.add_typer(datasets_app, name="datasets")
 app.add_typer(jobs_app, name="jobs")
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+#: The API's field names and the command-line words a user typed for them, so that a refusal
+#: names what to change on the command line (``n_components`` is ``--k`` here).
+CLI_WORDS = {
+    "n_components": "--k",
+    "target_share": "--share",
+    "representation_job_id": "--representation",
+    "teacher_id": "TEACHER_ID",
+    "layer": "--layer",
+    "dataset": "--dataset",
+    "transfer": "--transfer",
+    "methods": "--method",
+    "device": "--device",
+    "seed": "--seed",
+    "onnx": "--onnx",
+    "student.arch": "--arch",
+    "student.hidden": "--hidden",
+    "solver.mean": "--mean",
+    "budget.epochs": "--epochs",
+    "budget.time_limit_s": "--time-limit",
+    "budget.max_train_rows": "--max-train-rows",
+    "time_limit_s": "--time-limit",
+    "max_train_rows": "--max-train-rows",
+}
+#: the words replaced inside messages (field names a sentence may use), longest first
+_MESSAGE_WORDS = sorted((k for k in CLI_WORDS if "." not in k and k not in ("layer", "dataset", "transfer", "device",
+                                                                             "seed", "onnx", "methods")),
+                        key=len, reverse=True)
+
+
+def cli_flag(loc: tuple[str, ...]) -> str:
+    """The command-line spelling of a spec field: ``("options", "lr")`` -> ``-o lr``."""
+    dotted = ".".join(loc)
+    if dotted in CLI_WORDS:
+        return CLI_WORDS[dotted]
+    if loc and loc[0] == "options":
+        return "-o " + ".".join(loc[1:])
+    return dotted
+
+
+def cli_words(text: str) -> str:
+    """A message with the API's field names replaced by the flags (``n_components=40`` -> ``--k 40``)."""
+    for word in _MESSAGE_WORDS:
+        text = re.sub(rf"\b{word}\b(=)?", lambda m, w=word: CLI_WORDS[w] + (" " if m.group(1) else ""), text)
+    return text.replace("--representation or a layer", "--representation or a --layer")
+
+
+def cli_message(exc: BregkdError) -> str:
+    """A client error in the words of the command line."""
+    text = str(exc)
+    if exc.problems:
+        head = text.split(": ", 1)[0]  # "422 Unprocessable Entity", "invalid distillation job"
+        parts = [f"{cli_flag(p.loc)}: {cli_words(p.msg)}" if p.loc else cli_words(p.msg) for p in exc.problems]
+        return f"{head}: {'; '.join(parts)}"
+    return cli_words(text)
 
 
 @dataclass
@@ -61,8 +121,21 @@ def _out() -> Console:
     return Console(file=sys.stdout, highlight=False, soft_wrap=True)
 
 
+def _tables() -> Console:
+    # tables fit the terminal's width (soft wrap would let their rows run past the border)
+    return Console(file=sys.stdout, highlight=False)
+
+
 def _err() -> Console:
     return Console(file=sys.stderr, highlight=False, soft_wrap=True)
+
+
+class JobInterrupted(Exception):
+    """Ctrl-C while following a job: the job itself goes on in the service."""
+
+    def __init__(self, job_id: str):
+        super().__init__(job_id)
+        self.job_id = job_id
 
 
 def handle_errors(fn: F) -> F:
@@ -76,8 +149,13 @@ def handle_errors(fn: F) -> F:
             _err().print(f"error: {exc}", markup=False)
             raise typer.Exit(EXIT_UNREACHABLE) from None
         except BregkdError as exc:
-            _err().print(f"error: {exc}", markup=False)
+            _err().print(f"error: {cli_message(exc)}", markup=False)
             raise typer.Exit(EXIT_API_ERROR) from None
+        except JobInterrupted as exc:
+            _err().print(f"interrupted: job {exc.job_id} goes on in the service; follow it again with "
+                         f"`bregkd jobs wait {exc.job_id}`, stop it with `bregkd jobs cancel {exc.job_id}`",
+                         markup=False)
+            raise typer.Exit(EXIT_INTERRUPTED) from None
         except KeyboardInterrupt:
             _err().print("interrupted", markup=False)
             raise typer.Exit(EXIT_INTERRUPTED) from None
@@ -96,35 +174,15 @@ def _print_json(data: Any) -> None:
     sys.stdout.write(json.dumps(data, indent=2) + "\n")
 
 
-def _value(v: Any) -> str:
-    v = getattr(v, "value", v)
-    if v is None:
-        return "-"
-    if isinstance(v, float):
-        return str(int(v)) if v.is_integer() and abs(v) < 1e15 else f"{v:.4g}"
-    if isinstance(v, (list, tuple)):
-        return "x".join(str(i) for i in v) if all(isinstance(i, int) for i in v) else json.dumps(v)
-    if isinstance(v, dict):
-        return json.dumps(v)
-    return str(v)
-
-
-def _table(title: str, columns: list[str], rows: list[list[Any]]) -> Table:
-    table = Table(title=title, title_justify="left")
-    for c in columns:
-        table.add_column(c, overflow="fold")
-    for r in rows:
-        table.add_row(*[_value(v) for v in r])
-    return table
-
-
 @app.callback()
 def _main(
     ctx: typer.Context,
-    api_url: Optional[str] = typer.Option(None, "--api-url", envvar=ENV_API_URL,
+    api_url: Optional[str] = typer.Option(None, "--api-url", envvar=ENV_API_URL, metavar="URL",
                                           help=f"Service URL [default: {DEFAULT_API_URL}]"),
-    api_key: Optional[str] = typer.Option(None, "--api-key", envvar=ENV_API_KEY, help="API key (Bearer)."),
-    json_output: bool = typer.Option(False, "--json", help="Print the API's JSON instead of tables."),
+    api_key: Optional[str] = typer.Option(None, "--api-key", envvar=ENV_API_KEY, metavar="KEY",
+                                          help="API key, sent as a Bearer token."),
+    json_output: bool = typer.Option(False, "--json", help="Print the API's JSON instead of tables "
+                                                           "(anywhere on the line)."),
 ) -> None:
     ctx.obj = State(api_url, api_key, json_output)
 
@@ -132,11 +190,12 @@ def _main(
 # ---------------------------------------------------------------------------- serve / demo
 @app.command()
 def serve(
-    data_dir: Path = typer.Option(Path("var"), "--data-dir", help="Records (SQLite), blobs and artifacts."),
-    port: int = typer.Option(8000, "--port", help="API port on 127.0.0.1."),
-    redis_port: Optional[int] = typer.Option(None, "--redis-port", help="Port of the local redis-server (default: a free one)."),
-    concurrency: int = typer.Option(1, "--concurrency", help="Worker processes."),
-    tenant: str = typer.Option("local", "--tenant", help="Tenant of the API key printed at start."),
+    data_dir: Path = typer.Option(Path("var"), "--data-dir", metavar="DIR", help="Records (SQLite), blobs and artifacts."),
+    port: int = typer.Option(8000, "--port", metavar="PORT", help="API port on 127.0.0.1."),
+    redis_port: Optional[int] = typer.Option(None, "--redis-port", metavar="PORT",
+                                             help="Port of the local redis-server [default: a free one]."),
+    concurrency: int = typer.Option(1, "--concurrency", metavar="N", help="Worker processes."),
+    tenant: str = typer.Option("local", "--tenant", metavar="NAME", help="Tenant of the API key printed at start."),
 ) -> None:
     """Run the service on this machine (redis-server, one Celery worker, the API) until Ctrl-C."""
     from client.local import run_until_interrupted  # imports the service: only for this command
@@ -152,9 +211,9 @@ def serve(
 @app.command()
 def demo(
     quick: bool = typer.Option(False, "--quick", help="Fewer epochs and components (for tests; ~1 minute)."),
-    data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Where the stack and artifacts live "
-                                             "[default: a new directory var/demo/<timestamp>]."),
-    seed: int = typer.Option(0, "--seed"),
+    data_dir: Optional[Path] = typer.Option(None, "--data-dir", metavar="DIR", help="Where the stack and artifacts "
+                                            "live [default: a new directory var/demo/<timestamp>]."),
+    seed: int = typer.Option(0, "--seed", metavar="N", help="Seed of the teacher and the jobs."),
 ) -> None:
     """The main job, end to end: local stack, teacher on digits, representation, distillation, student."""
     from client.demo import DemoError, run_demo  # needs torch and the service: imported here only
@@ -174,10 +233,11 @@ def demo(
 @handle_errors
 def teachers_upload(
     ctx: typer.Context,
-    path: Path = typer.Argument(..., help="Teacher file: .pt2 (torch.export), safetensors or a state_dict zip."),
-    manifest: Optional[str] = typer.Option(None, "--manifest", help='Architecture JSON or a file holding it, '
-                                           'e.g. {"arch": "mlp", "args": {...}} (weights-only formats).'),
-    name: Optional[str] = typer.Option(None, "--name"),
+    path: Path = typer.Argument(..., metavar="FILE",
+                                help="Teacher file: .pt2 (torch.export), safetensors or a state_dict zip."),
+    manifest: Optional[str] = typer.Option(None, "--manifest", metavar="JSON|FILE", help='Architecture JSON or a file '
+                                           'holding it, e.g. {"arch": "mlp", "args": {...}} (weights-only formats).'),
+    name: Optional[str] = typer.Option(None, "--name", metavar="NAME", help="Display name [default: the file name]."),
     wait: bool = typer.Option(True, "--wait/--no-wait", help="Wait for the worker's inspection."),
 ) -> None:
     """Upload a teacher; by default waits until its layers are listed."""
@@ -188,7 +248,8 @@ def teachers_upload(
         return _print_json(teacher)
     out = _out()
     out.print(f"teacher {teacher.id}  status={teacher.status.value}  format={teacher.format.value}  "
-              f"params={_value(teacher.parameter_count)}  input={_value(teacher.input_shape)}", markup=False)
+              f"params={render.value_text(teacher.parameter_count)}  input={render.value_text(teacher.input_shape)}",
+              markup=False)
     if teacher.status.value == "failed":
         _err().print(f"error: inspection failed: {teacher.error}", markup=False)
         raise typer.Exit(EXIT_API_ERROR)
@@ -198,22 +259,20 @@ def teachers_upload(
 
 @teachers_app.command("list")
 @handle_errors
-def teachers_list(ctx: typer.Context, limit: int = typer.Option(50, "--limit"),
-                  offset: int = typer.Option(0, "--offset")) -> None:
+def teachers_list(ctx: typer.Context, limit: int = typer.Option(50, "--limit", metavar="N", help="Rows per page."),
+                  offset: int = typer.Option(0, "--offset", metavar="N", help="Rows to skip.")) -> None:
     """List your teachers, newest first."""
     st = _state(ctx)
     with st.client() as api:
         page = api.list_teachers(limit=limit, offset=offset)
     if st.json_output:
         return _print_json(page)
-    rows = [[t.id, t.name, t.format, t.status, t.parameter_count, t.input_shape, t.created_at.strftime("%Y-%m-%d %H:%M")]
-            for t in page.items]
-    _out().print(_table(f"teachers ({page.total})", ["id", "name", "format", "status", "params", "input", "created"], rows))
+    _tables().print(render.teachers_table(page))
 
 
 @teachers_app.command("show")
 @handle_errors
-def teachers_show(ctx: typer.Context, teacher_id: str) -> None:
+def teachers_show(ctx: typer.Context, teacher_id: str = typer.Argument(..., metavar="TEACHER_ID")) -> None:
     """Show one teacher."""
     st = _state(ctx)
     with st.client() as api:
@@ -221,26 +280,24 @@ def teachers_show(ctx: typer.Context, teacher_id: str) -> None:
     if st.json_output:
         return _print_json(teacher)
     for key, value in teacher.model_dump().items():
-        _out().print(f"{key:16} {_value(value)}", markup=False)
+        _out().print(f"{key:16} {render.value_text(value)}", markup=False)
 
 
 @teachers_app.command("layers")
 @handle_errors
-def teachers_layers(ctx: typer.Context, teacher_id: str) -> None:
+def teachers_layers(ctx: typer.Context, teacher_id: str = typer.Argument(..., metavar="TEACHER_ID")) -> None:
     """List a teacher's layers: path, shape, transfer function, whether it can be tapped."""
     st = _state(ctx)
     with st.client() as api:
         layers = api.teacher_layers(teacher_id)
     if st.json_output:
         return _print_json(layers)
-    rows = [[l.path, l.op, l.output_shape, l.d, l.transfer, "yes" if l.tappable else "no", l.reason or l.representation]
-            for l in layers.items]
-    _out().print(_table(f"layers of {layers.teacher_id}", ["layer", "op", "shape", "d", "transfer", "tappable", "note"], rows))
+    _tables().print(render.layers_table(layers))
 
 
 @teachers_app.command("delete")
 @handle_errors
-def teachers_delete(ctx: typer.Context, teacher_id: str) -> None:
+def teachers_delete(ctx: typer.Context, teacher_id: str = typer.Argument(..., metavar="TEACHER_ID")) -> None:
     """Delete a teacher (refused while jobs use it)."""
     with _state(ctx).client() as api:
         api.delete_teacher(teacher_id)
@@ -252,8 +309,9 @@ def teachers_delete(ctx: typer.Context, teacher_id: str) -> None:
 @handle_errors
 def datasets_upload(
     ctx: typer.Context,
-    path: Path = typer.Argument(..., help=".npz or .safetensors with x_train, y_train, x_test, y_test."),
-    name: Optional[str] = typer.Option(None, "--name"),
+    path: Path = typer.Argument(..., metavar="FILE", help=".npz or .safetensors with x_train, y_train, x_test, y_test."),
+    name: Optional[str] = typer.Option(None, "--name", metavar="NAME",
+                                       help="A name to use for it in --dataset [default: the file name]."),
     wait: bool = typer.Option(True, "--wait/--no-wait", help="Wait for the worker's check."),
 ) -> None:
     """Upload a data set; by default waits until it is checked."""
@@ -262,8 +320,9 @@ def datasets_upload(
         ds = api.upload_dataset(path, name=name, wait=wait)
     if st.json_output:
         return _print_json(ds)
-    _out().print(f"data set {ds.id}  status={ds.status.value}  input={_value(ds.input_shape)}  "
-                 f"classes={_value(ds.num_classes)}  train={_value(ds.n_train)}  test={_value(ds.n_test)}", markup=False)
+    v = render.value_text
+    _out().print(f"data set {ds.id}  name={ds.name}  status={ds.status.value}  input={v(ds.input_shape)}  "
+                 f"classes={v(ds.num_classes)}  train={v(ds.n_train)}  test={v(ds.n_test)}", markup=False)
     if ds.status.value == "failed":
         _err().print(f"error: data set check failed: {ds.error}", markup=False)
         raise typer.Exit(EXIT_API_ERROR)
@@ -271,36 +330,40 @@ def datasets_upload(
 
 @datasets_app.command("list")
 @handle_errors
-def datasets_list(ctx: typer.Context, limit: int = typer.Option(50, "--limit"),
-                  offset: int = typer.Option(0, "--offset")) -> None:
+def datasets_list(ctx: typer.Context, limit: int = typer.Option(50, "--limit", metavar="N", help="Rows per page."),
+                  offset: int = typer.Option(0, "--offset", metavar="N", help="Rows to skip.")) -> None:
     """List the built-in data sets and yours."""
     st = _state(ctx)
     with st.client() as api:
         page = api.list_datasets(limit=limit, offset=offset)
     if st.json_output:
         return _print_json(page)
-    rows = [[d.id, d.name, "yes" if d.builtin else "no", d.status, d.input_shape, d.num_classes, d.n_train, d.n_test]
-            for d in page.items]
-    _out().print(_table(f"data sets ({page.total})", ["id", "name", "builtin", "status", "input", "classes", "train", "test"], rows))
+    _tables().print(render.datasets_table(page))
 
 
 @datasets_app.command("delete")
 @handle_errors
-def datasets_delete(ctx: typer.Context, dataset_id: str) -> None:
+def datasets_delete(ctx: typer.Context, dataset: str = typer.Argument(..., metavar="DATASET",
+                                                                      help="Its id or its name.")) -> None:
     """Delete an uploaded data set."""
     with _state(ctx).client() as api:
+        dataset_id = api.resolve_dataset(dataset)
         api.delete_dataset(dataset_id)
     _out().print(f"deleted {dataset_id}", markup=False)
 
 
 # ---------------------------------------------------------------------------- jobs
+OPTION_KEYS = sorted(DistillOptions.model_fields)
+
+
 def _parse_options(pairs: list[str]) -> dict[str, Any]:
     """``key=value`` pairs; values parsed as JSON when they are JSON (numbers, lists, true)."""
     options: dict[str, Any] = {}
     for pair in pairs:
         key, sep, raw = pair.partition("=")
         if not sep or not key:
-            raise typer.BadParameter(f"{pair!r} is not key=value", param_hint="--option")
+            raise typer.BadParameter(f"{pair!r} is not key=value; keys: {', '.join(OPTION_KEYS)}",
+                                     param_hint="-o/--option")
         try:
             options[key] = json.loads(raw)
         except json.JSONDecodeError:
@@ -319,22 +382,30 @@ def _parse_hidden(text: Optional[str]) -> Optional[list[int]]:
     return widths
 
 
+DATASET_HELP = "Data set: its id, the --name it was uploaded with, or a built-in (digits)."
+
+
 @app.command()
 @handle_errors
 def fit(
     ctx: typer.Context,
-    teacher_id: str = typer.Argument(..., help="A ready teacher's id."),
-    layer: str = typer.Option(..., "--layer", "-l", help="Layer path from `bregkd teachers layers`."),
-    dataset: str = typer.Option("digits", "--dataset", "-d", help="Data set id or built-in name."),
-    k: Optional[int] = typer.Option(None, "--k", "-k", help="Number of components."),
-    share: Optional[float] = typer.Option(None, "--share", help="Smallest k explaining this share of the divergence."),
-    transfer: str = typer.Option("auto", "--transfer", help="auto (softmax at the output layer, else the "
-                                 "detected transfer) | listed (always the detected one) | softmax."),
-    mean: str = typer.Option("joint", "--mean", help="joint | centroid."),
-    device: str = typer.Option("cpu", "--device", help="cpu | cuda (routes to the gpu queue)."),
-    seed: int = typer.Option(0, "--seed"),
-    time_limit: int = typer.Option(600, "--time-limit", help="Seconds."),
-    max_train_rows: Optional[int] = typer.Option(None, "--max-train-rows", help="Fit on fewer rows."),
+    teacher_id: str = typer.Argument(..., metavar="TEACHER_ID", help="A ready teacher's id."),
+    layer: str = typer.Option(..., "--layer", "-l", metavar="PATH", help="Layer path from `bregkd teachers layers`."),
+    dataset: str = typer.Option("digits", "--dataset", "-d", metavar="DATASET", help=DATASET_HELP),
+    k: Optional[int] = typer.Option(None, "--k", "-k", metavar="K",
+                                    help="Number of components [default: min(8, d) unless --share]."),
+    share: Optional[float] = typer.Option(None, "--share", metavar="SHARE",
+                                          help="Instead of --k: the smallest k explaining this share of the "
+                                               "divergence, e.g. 0.95."),
+    transfer: str = typer.Option("auto", "--transfer", metavar="NAME", help="auto (softmax at the output layer, else "
+                                 "the listed transfer) | listed (always the listed one) | softmax."),
+    mean: str = typer.Option("joint", "--mean", metavar="joint|centroid",
+                             help="Optimize the mean with the directions, or hold the Bregman centroid."),
+    device: str = typer.Option("cpu", "--device", metavar="cpu|cuda", help="cuda routes the job to the gpu queue."),
+    seed: int = typer.Option(0, "--seed", metavar="N", help="Seed of the fit."),
+    time_limit: int = typer.Option(600, "--time-limit", metavar="SECONDS", help="Wall-clock limit of the job."),
+    max_train_rows: Optional[int] = typer.Option(None, "--max-train-rows", metavar="N",
+                                                 help="Fit on at most N training rows [default: all]."),
     wait: bool = typer.Option(False, "--wait", "-w", help="Show progress until the job ends."),
 ) -> None:
     """Create a representation job: fit the Bregman PCA of one teacher layer."""
@@ -343,9 +414,9 @@ def fit(
     if max_train_rows is not None:
         budget["max_train_rows"] = max_train_rows
     with st.client() as api:
-        job = api.fit_representation(teacher_id, layer, dataset=dataset, n_components=k, target_share=share,
-                                     transfer=transfer, solver={"mean": mean}, device=device, seed=seed,
-                                     budget=budget)
+        job = api.fit_representation(teacher_id, layer, dataset=dataset, dataset_by_name=True, n_components=k,
+                                     target_share=share, transfer=transfer, solver={"mean": mean}, device=device,
+                                     seed=seed, budget=budget)
         _after_create(api, st, job, wait)
 
 
@@ -353,23 +424,31 @@ def fit(
 @handle_errors
 def distill(
     ctx: typer.Context,
-    teacher_id: str = typer.Argument(..., help="A ready teacher's id."),
-    representation: Optional[str] = typer.Option(None, "--representation", "-r", help="A succeeded representation job."),
-    layer: Optional[str] = typer.Option(None, "--layer", "-l", help="Or: distill through this layer directly."),
-    k: Optional[int] = typer.Option(None, "--k", "-k", help="Components (with --layer)."),
-    dataset: str = typer.Option("digits", "--dataset", "-d"),
-    arch: str = typer.Option("mlp", "--arch", help="Student architecture (model registry name)."),
-    hidden: Optional[str] = typer.Option(None, "--hidden", help="Student hidden widths, e.g. 64,32."),
-    method: list[str] = typer.Option(["bregman"], "--method", "-m",
-                                     help=f"{' | '.join(get_args(DistillationMethod))}; repeat to compare; the first is the student."),
-    epochs: Optional[int] = typer.Option(None, "--epochs"),
-    max_train_rows: Optional[int] = typer.Option(None, "--max-train-rows", help="Train on fewer rows."),
-    option: list[str] = typer.Option([], "--option", "-o", help="Method option key=value (repeatable)."),
-    transfer: str = typer.Option("auto", "--transfer", help="auto | listed | softmax (with --layer)."),
+    teacher_id: str = typer.Argument(..., metavar="TEACHER_ID", help="A ready teacher's id."),
+    representation: Optional[str] = typer.Option(None, "--representation", "-r", metavar="JOB_ID",
+                                                 help="A succeeded representation job (its layer and k are used)."),
+    layer: Optional[str] = typer.Option(None, "--layer", "-l", metavar="PATH",
+                                        help="Or: distill through this layer directly."),
+    k: Optional[int] = typer.Option(None, "--k", "-k", metavar="K", help="Components (with --layer) [default: every "
+                                    "direction at a softmax layer, else the 99.9% rule]."),
+    dataset: str = typer.Option("digits", "--dataset", "-d", metavar="DATASET", help=DATASET_HELP),
+    arch: str = typer.Option("mlp", "--arch", metavar="NAME", help="Student architecture (model registry name)."),
+    hidden: Optional[str] = typer.Option(None, "--hidden", metavar="WIDTHS", help="Student hidden widths, e.g. 64,32."),
+    method: list[str] = typer.Option(["bregman"], "--method", "-m", metavar="METHOD",
+                                     help=f"{' | '.join(get_args(DistillationMethod))}; repeat to compare; "
+                                          "the first is the student."),
+    epochs: Optional[int] = typer.Option(None, "--epochs", metavar="N",
+                                         help="Training epochs of every method [default: enough for about 1500 "
+                                              "optimizer steps, 10 to 300]."),
+    max_train_rows: Optional[int] = typer.Option(None, "--max-train-rows", metavar="N",
+                                                 help="Train on at most N rows [default: all]."),
+    option: list[str] = typer.Option([], "--option", "-o", metavar="KEY=VALUE",
+                                     help=f"Training option; keys: {', '.join(OPTION_KEYS)}."),
+    transfer: str = typer.Option("auto", "--transfer", metavar="NAME", help="auto | listed | softmax (with --layer)."),
     onnx: bool = typer.Option(True, "--onnx/--no-onnx", help="Also export the student as ONNX."),
-    device: str = typer.Option("cpu", "--device"),
-    seed: int = typer.Option(0, "--seed"),
-    time_limit: int = typer.Option(600, "--time-limit", help="Seconds."),
+    device: str = typer.Option("cpu", "--device", metavar="cpu|cuda", help="cuda routes the job to the gpu queue."),
+    seed: int = typer.Option(0, "--seed", metavar="N", help="Seed of the students' training."),
+    time_limit: int = typer.Option(600, "--time-limit", metavar="SECONDS", help="Wall-clock limit of the job."),
     wait: bool = typer.Option(False, "--wait", "-w", help="Show progress until the job ends."),
 ) -> None:
     """Create a distillation job: train a student through the layer's representation."""
@@ -382,8 +461,8 @@ def distill(
     if max_train_rows is not None:
         budget["max_train_rows"] = max_train_rows
     with st.client() as api:
-        job = api.distill(teacher_id, dataset=dataset, representation_job_id=representation, layer=layer,
-                          n_components=k, student=student, methods=list(method), epochs=epochs,
+        job = api.distill(teacher_id, dataset=dataset, dataset_by_name=True, representation_job_id=representation,
+                          layer=layer, n_components=k, student=student, methods=list(method), epochs=epochs,
                           options=_parse_options(option), device=device, seed=seed, budget=budget,
                           transfer=transfer, onnx=onnx)
         _after_create(api, st, job, wait)
@@ -397,31 +476,15 @@ def _after_create(api: BregkdClient, st: State, job: JobOut, wait: bool) -> None
         _out().print(f"follow it: bregkd jobs wait {job.id}", markup=False)
         return
     _err().print(f"job {job.id} ({job.kind.value}) created", markup=False)
-    final = wait_with_progress(api, job.id)
-    _finish(api, st, final)
+    _finish(api, st, _follow(api, job.id))
 
 
-def wait_with_progress(api: BregkdClient, job_id: str, *, console: Console | None = None) -> JobOut:
-    """Wait for a job showing a live bar: phase, fraction, time elapsed and the service's ETA."""
-    console = console or _err()
-    columns = [TextColumn("{task.description}"), BarColumn(), TaskProgressColumn(),
-               TimeElapsedColumn(), TextColumn("{task.fields[eta]}")]
-    with Progress(*columns, console=console, transient=False) as bar:
-        task = bar.add_task("queued", total=1.0, eta="")
-
-        def update(job: JobOut) -> None:
-            p = job.progress
-            phase = p.phase or job.state.value
-            eta = f"~{_duration(p.eta_s)} left" if p.eta_s is not None and job.state.value == "running" else ""
-            done = 1.0 if job.state.value == "succeeded" else p.fraction
-            bar.update(task, completed=done, description=f"{job.id} {phase}", eta=eta)
-
-        return api.wait_job(job_id, on_update=update)
-
-
-def _duration(seconds: float) -> str:
-    seconds = max(0, int(round(seconds)))
-    return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
+def _follow(api: BregkdClient, job_id: str) -> JobOut:
+    """Wait for the job with a progress bar; Ctrl-C stops the waiting, not the job."""
+    try:
+        return wait_with_progress(api, job_id, console=_err())
+    except KeyboardInterrupt:
+        raise JobInterrupted(job_id) from None
 
 
 def _finish(api: BregkdClient, st: State, job: JobOut) -> None:
@@ -438,52 +501,20 @@ def _finish(api: BregkdClient, st: State, job: JobOut) -> None:
         raise typer.Exit(EXIT_API_ERROR)
 
 
-def _flatten(prefix: str, value: Any, out: list[tuple[str, Any]]) -> None:
-    if isinstance(value, dict):
-        for k, v in value.items():
-            _flatten(f"{prefix}.{k}" if prefix else str(k), v, out)
-    elif isinstance(value, list) and len(value) > 8:
-        out.append((prefix, f"[{len(value)} values]"))
-    else:
-        out.append((prefix, value))
-
-
 def _show_job(api: BregkdClient, job: JobOut) -> None:
-    out = _out()
-    p = job.progress
-    out.print(f"job {job.id}  kind={job.kind.value}  state={job.state.value}", markup=False)
-    out.print(f"  progress  {p.fraction:.0%}  phase={p.phase or '-'}"
-              + (f"  eta={_duration(p.eta_s)}" if p.eta_s is not None and job.state.value == "running" else ""),
-              markup=False)
-    spec = job.spec
-    source = (f"representation={spec['representation_job_id']}" if spec.get("representation_job_id")
-              else f"layer={spec.get('layer') or '-'}")
-    out.print(f"  teacher   {spec.get('teacher_id')}  dataset={spec.get('dataset')}  {source}", markup=False)
-    if job.error:
-        out.print(f"  error     {job.error}", markup=False)
-    if job.metrics:
-        flat: list[tuple[str, Any]] = []
-        _flatten("", job.metrics, flat)
-        out.print(_table("metrics", ["name", "value"], [[k, v] for k, v in flat]))
-    if job.state.value == "succeeded":
-        artifacts = api.list_artifacts(job.id).items
-        if artifacts:
-            rows = [[a.name, a.size, a.media_type, api.artifact_url(job.id, a.name)] for a in artifacts]
-            out.print(_table("artifacts", ["name", "bytes", "type", "url"], rows))
-            plots = [a.name for a in artifacts if a.name.endswith(".png")]
-            if plots:
-                out.print("  plots: " + ", ".join(plots), markup=False)
-            out.print(f"  download: bregkd download {job.id} --out ./{job.id}", markup=False)
+    artifacts = api.list_artifacts(job.id).items if job.state.value == "succeeded" else None
+    render.show_job(_tables(), job, artifacts, api.artifact_url(job.id, "") + "<name>")
 
 
 @jobs_app.command("list")
 @handle_errors
 def jobs_list(
     ctx: typer.Context,
-    state: Optional[str] = typer.Option(None, "--state", help="queued | running | succeeded | failed | cancelled"),
-    kind: Optional[str] = typer.Option(None, "--kind", help="representation | distillation"),
-    limit: int = typer.Option(50, "--limit"),
-    offset: int = typer.Option(0, "--offset"),
+    state: Optional[str] = typer.Option(None, "--state", metavar="STATE",
+                                        help="queued | running | succeeded | failed | cancelled"),
+    kind: Optional[str] = typer.Option(None, "--kind", metavar="KIND", help="representation | distillation"),
+    limit: int = typer.Option(50, "--limit", metavar="N", help="Rows per page."),
+    offset: int = typer.Option(0, "--offset", metavar="N", help="Rows to skip."),
 ) -> None:
     """List jobs, newest first."""
     st = _state(ctx)
@@ -491,16 +522,13 @@ def jobs_list(
         page = api.list_jobs(state=state, kind=kind, limit=limit, offset=offset)
     if st.json_output:
         return _print_json(page)
-    rows = [[j.id, j.kind, j.state, f"{j.progress.fraction:.0%}", j.progress.phase, j.spec.get("teacher_id"),
-             j.created_at.strftime("%Y-%m-%d %H:%M:%S")] for j in page.items]
-    _out().print(_table(f"jobs ({len(page.items)} of {page.total})",
-                        ["id", "kind", "state", "progress", "phase", "teacher", "created"], rows))
+    _tables().print(render.jobs_table(page))
 
 
 @jobs_app.command("show")
 @handle_errors
-def jobs_show(ctx: typer.Context, job_id: str) -> None:
-    """Show a job: state, progress, metrics, and its artifacts (plots, student) with URLs."""
+def jobs_show(ctx: typer.Context, job_id: str = typer.Argument(..., metavar="JOB_ID")) -> None:
+    """Show a job: state, progress, warnings, metrics, and its artifacts (plots, student) with URLs."""
     st = _state(ctx)
     with st.client() as api:
         job = api.get_job(job_id)
@@ -515,19 +543,22 @@ def jobs_show(ctx: typer.Context, job_id: str) -> None:
 
 @jobs_app.command("wait")
 @handle_errors
-def jobs_wait(ctx: typer.Context, job_id: str) -> None:
-    """Follow a job with a progress bar until it ends; non-zero exit unless it succeeded."""
+def jobs_wait(ctx: typer.Context, job_id: str = typer.Argument(..., metavar="JOB_ID")) -> None:
+    """Follow a job with a progress bar until it ends; non-zero exit unless it succeeded.
+
+    Ctrl-C stops the waiting; the job goes on (bregkd jobs cancel stops it).
+    """
     st = _state(ctx)
     with st.client() as api:
         job = api.get_job(job_id)
         if job.state not in TERMINAL_STATES:
-            job = wait_with_progress(api, job_id)
+            job = _follow(api, job_id)
         _finish(api, st, job)
 
 
 @jobs_app.command("cancel")
 @handle_errors
-def jobs_cancel(ctx: typer.Context, job_id: str) -> None:
+def jobs_cancel(ctx: typer.Context, job_id: str = typer.Argument(..., metavar="JOB_ID")) -> None:
     """Cancel a queued or running job."""
     st = _state(ctx)
     with st.client() as api:
@@ -542,9 +573,9 @@ def jobs_cancel(ctx: typer.Context, job_id: str) -> None:
 @handle_errors
 def download(
     ctx: typer.Context,
-    job_id: str = typer.Argument(...),
-    names: Optional[list[str]] = typer.Argument(None, help="Artifact names (default: all)."),
-    out: Path = typer.Option(None, "--out", "-o", help="Directory [default: ./<job id>]."),
+    job_id: str = typer.Argument(..., metavar="JOB_ID"),
+    names: Optional[list[str]] = typer.Argument(None, metavar="NAME", help="Artifact names [default: all]."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", metavar="DIR", help="Directory [default: ./<job id>]."),
 ) -> None:
     """Download a job's artifacts (resumes interrupted downloads, checks SHA-256)."""
     st = _state(ctx)
@@ -554,7 +585,8 @@ def download(
     if st.json_output:
         return _print_json([str(p) for p in paths])
     rows = [[p.name, p.stat().st_size, str(p)] for p in paths]
-    _out().print(_table(f"downloaded {len(paths)} file(s) to {dest}", ["name", "bytes", "path"], rows))
+    _tables().print(render.table(f"downloaded {len(paths)} file(s) to {dest}", ["name", "bytes", "path"], rows,
+                                 ids=["name"]))
 
 
 def main() -> None:

@@ -155,7 +155,7 @@ def accuracies_from_metrics(metrics: dict[str, Any], methods: list[str]) -> dict
 def run_demo(*, data_dir: Path | None = None, quick: bool = False, seed: int = 0,
              console: Console | None = None, database_url: str | None = None) -> DemoResult:
     """Run the whole demo; see the module docstring. Returns what it produced."""
-    from client.cli import wait_with_progress
+    from client.progress import wait_with_progress
     from client.local import local_stack
 
     console = console or Console()

@@ -135,8 +135,11 @@ def validate_distillation(
     k = spec.n_components
     if spec.representation_job_id is not None:
         rep = db.get(Job, spec.representation_job_id)
-        if rep is None or rep.tenant != tenant or rep.kind != "representation":
+        if rep is None or rep.tenant != tenant:
             raise unprocessable("representation_job_id", f"representation job '{spec.representation_job_id}' not found")
+        if rep.kind != "representation":
+            raise unprocessable("representation_job_id", f"job '{rep.id}' is a {rep.kind} job, not a representation "
+                                "job; name a succeeded representation job (GET /v1/jobs?kind=representation)")
         if rep.state != "succeeded":
             raise unprocessable(
                 "representation_job_id",

@@ -316,7 +316,7 @@ def test_dockerfile_is_multi_stage_with_pinned_torch_and_a_cuda_switch():
     froms = [rest for word, rest in _instructions() if word == "FROM"]
     assert len(froms) >= 2 and any(" AS build" in f for f in froms)
     args = dict(re.findall(r"^ARG (\w+)=(\S+)", DOCKERFILE, flags=re.M))
-    pinned = next(d for d in PYPROJECT["project"]["dependencies"] if d.startswith("torch"))
+    pinned = next(d for d in PYPROJECT["project"]["optional-dependencies"]["lib"] if d.startswith("torch"))
     assert pinned == f"torch=={args['TORCH_VERSION']}"
     assert args["TORCH_VARIANT"] == "cpu"
     assert "download.pytorch.org/whl/${TORCH_VARIANT}" in DOCKERFILE

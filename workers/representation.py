@@ -15,6 +15,7 @@ Report dict (``report.json``; also what ``workers.report_plots.write_representat
       "kind": "representation", "teacher_sha256": str, "layer": str, "dataset": str,
       "transfer": str, "transfer_params": dict, "d": int, "n_train": int, "n_test": int,
       "n_components": int,                  # k
+      "target_share": float | None,         # the share the spec asked for, if it did
       "k": [int, ...],                      # the k values of the curves (all of 1..k when k <= 8)
       "bregman_divergence": [float, ...],   # a Bregman PCA fit of its own at each curve k
       "pca_divergence": [float, ...],       # Euclidean PCA (same geometry) at each curve k
@@ -198,6 +199,7 @@ def _fit(run: JobRun, spec: dict[str, Any], teacher: Any, dataset: Any, teacher_
         "n_train": n_train,
         "n_test": n_test,
         "n_components": k,
+        "target_share": spec.get("target_share"),  # marked on explained_divergence.png
         "k": ks,
         **curves,
         "curve_rows": curve_rows,

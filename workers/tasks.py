@@ -131,6 +131,7 @@ def inspect_teacher(teacher_id: str) -> str:
 
             teacher = load_teacher_record(settings, record)
             layers = [info.to_dict() for info in list_layers(teacher, teacher.example_input())]
+            _mark_auto_transfer(teacher, layers)
             record.layers = json.loads(json.dumps(layers, default=str))
             record.parameter_count = int(teacher.parameter_count)
             record.input_shape = [int(s) for s in teacher.input_shape]
@@ -140,6 +141,19 @@ def inspect_teacher(teacher_id: str) -> str:
             record.status, record.error = "failed", _short_error(exc)
         db.commit()
         return record.status
+
+
+def _mark_auto_transfer(teacher: Any, layers: list[dict[str, Any]]) -> None:
+    """Say in the listing what ``transfer: auto`` fits at each layer, so that the two agree: the
+    output layer's listed transfer is the identity, but ``auto`` fits its softmax (the paper's choice)."""
+    from bregman.distillation.cut import resolve_cut
+
+    for layer in layers:
+        layer["auto_transfer"] = layer.get("transfer") if layer.get("tappable") else None
+    identity = [layer for layer in layers if layer["auto_transfer"] == "identity"]
+    if identity:  # only the last such layer can be the output layer, whose head is the identity
+        last = identity[-1]
+        last["auto_transfer"] = resolve_cut(teacher, last["path"], teacher.example_input()).transfer.name
 
 
 @app.task(name=TASK_INSPECT_DATASET, acks_late=True)

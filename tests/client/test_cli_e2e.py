@@ -46,9 +46,10 @@ def test_teachers_list_and_layers(cli, teacher_id):
 
     layers = cli("teachers", "layers", teacher_id)
     assert layers.exit_code == 0, layers.output
-    rows = {line.split("│")[1].strip(): line for line in layers.stdout.splitlines() if line.count("│") > 3}
+    rows = {line.split()[0]: line for line in layers.stdout.splitlines()[4:] if line.strip()}
     assert "leaky_relu" in rows["0"] and "yes" in rows["0"]
-    assert "identity" in rows["2"]
+    # the output layer: listed as identity, fitted as softmax by transfer=auto; the listing says both
+    assert "identity (auto: softmax)" in rows["2"] and "output layer" in rows["2"]
 
     as_json = json.loads(cli("--json", "teachers", "layers", teacher_id).stdout)
     assert [l["path"] for l in as_json["items"]] == ["0", "2"]
@@ -73,7 +74,7 @@ def test_fit_show_list_download(cli, representation_job, tmp_path):
     assert shown.exit_code == 0, shown.output
     for name in ("layer.safetensors", "layer.json", "report.json", "divergence_vs_k.png", "explained_divergence.png"):
         assert name in shown.stdout
-    assert f"/v1/jobs/{representation_job}/artifacts/divergence_vs_k.png" in shown.stdout
+    assert f"URL of each: {cli.api_url}/v1/jobs/{representation_job}/artifacts/<name>" in shown.stdout
     assert "plots: divergence_vs_k.png, explained_divergence.png" in shown.stdout
 
     as_json = json.loads(cli("--json", "jobs", "show", representation_job).stdout)
