@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import math
 import secrets
 
 from fastapi import HTTPException, Request
@@ -75,7 +76,9 @@ def _validation_item(err: dict) -> dict:
     }
     if "input" in err:
         value = err["input"]
-        short = value is None or isinstance(value, (bool, float)) or (isinstance(value, int) and abs(value) < 10**15)
+        # JSON numbers only when finite and short (NaN cannot be encoded; a 4000-digit int is input too)
+        short = (value is None or isinstance(value, bool) or (isinstance(value, float) and math.isfinite(value))
+                 or (isinstance(value, int) and abs(value) < 10**15))
         item["input"] = value if short else clip(value)
     return item
 
