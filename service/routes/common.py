@@ -17,6 +17,7 @@ from storage.models import Artifact, Dataset, Job, Teacher
 logger = logging.getLogger(__name__)
 
 _ERRORS = {
+    400: "Malformed body (multipart framing, Content-Length)",
     401: "Missing, invalid or revoked API key (`WWW-Authenticate: Bearer`)",
     404: "Not found (or another tenant's)",
     408: "The request body arrived too slowly (BREGKD_UPLOAD_IDLE_TIMEOUT_S, BREGKD_UPLOAD_MIN_RATE_BYTES_S); "
@@ -39,7 +40,7 @@ def error_responses(*codes: int) -> dict[int, dict]:
 #: every route behind an API key
 AUTHENTICATED = error_responses(401, 500)
 #: routes that read a body (JSON or an upload)
-WITH_BODY = error_responses(408, 413, 422, 507)
+WITH_BODY = error_responses(400, 408, 413, 422, 507)
 
 #: the largest ``offset`` of a list (SQLite and PostgreSQL take 64-bit offsets; beyond this no
 #: tenant has rows, so a bigger one is a client bug answered 422 rather than an overflow's 500)
@@ -58,6 +59,9 @@ def send_inspection(send: Callable[..., None], queue, object_id: str) -> bool:
         return False
     return True
 
+
+#: display names are cut to the database column's width (PostgreSQL would refuse longer ones)
+NAME_LENGTH = 255
 
 #: ``notice`` of an upload whose inspection could not be queued yet (answered 202)
 INSPECTION_PENDING = ("stored; the inspection could not be queued now (the queue is unreachable) and is sent "

@@ -1,9 +1,7 @@
 """``/v1/datasets``: uploaded data sets (.npz / safetensors) and built-ins usable by name."""
 from __future__ import annotations
 
-from typing import Annotated
-
-from fastapi import APIRouter, HTTPException, Query, Request, Response
+from fastapi import APIRouter, HTTPException, Request, Response
 from starlette.concurrency import run_in_threadpool
 
 from api_schemas import DatasetList, DatasetOut
@@ -11,7 +9,7 @@ from api_schemas.common import ErrorResponse, ValidationErrorResponse
 from service.deps import BlobsDep, DbDep, SettingsDep, TenantDep, get_queue
 from service.errors import unprocessable
 from service.routes.common import (
-    AUTHENTICATED, INSPECTION_PENDING, WITH_BODY, Limit, Offset, active_jobs_using, error_responses, get_dataset, page,
+    AUTHENTICATED, INSPECTION_PENDING, NAME_LENGTH, WITH_BODY, Limit, Offset, active_jobs_using, error_responses, get_dataset, page,
     release_blob, send_inspection, visible_datasets,
 )
 from service.serialize import dataset_out
@@ -67,7 +65,7 @@ async def upload_dataset(request: Request, response: Response, tenant: TenantDep
             fmt = await run_in_threadpool(sniff_dataset, upload.tmp_path)
         except SniffError as exc:
             raise unprocessable("file", str(exc)) from None
-    name = upload.fields.get("name") or upload.filename or "dataset"
+    name = (upload.fields.get("name") or upload.filename or "dataset")[:NAME_LENGTH]
 
     def record() -> Dataset:
         with session_factory(settings.resolved_database_url)() as db:

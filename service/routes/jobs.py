@@ -16,6 +16,7 @@ from starlette.concurrency import run_in_threadpool
 from api_schemas import DistillationSpec, JobKind, JobList, JobOut, JobSpec, JobState, RepresentationSpec
 from api_schemas.common import ErrorResponse, ValidationErrorResponse
 from service.deps import DbDep, SettingsDep, TenantDep, get_queue
+from service.errors import not_found
 from service.routes.common import AUTHENTICATED, WITH_BODY, Limit, Offset, get_job, page
 from service.serialize import job_out
 from service.validation import validate_distillation, validate_representation
@@ -179,7 +180,7 @@ async def job_events(request: Request, job_id: str, tenant: TenantDep, settings:
 
     job = await run_in_threadpool(load)
     if job is None or job.tenant != tenant:
-        raise HTTPException(404, f"job '{job_id}' not found")
+        raise not_found("job", job_id)
 
     async def stream():
         last = None

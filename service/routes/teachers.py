@@ -13,7 +13,7 @@ from api_schemas.common import ErrorResponse, ValidationErrorResponse
 from service.deps import BlobsDep, DbDep, SettingsDep, TenantDep, get_queue
 from service.errors import unprocessable
 from service.routes.common import (
-    AUTHENTICATED, INSPECTION_PENDING, WITH_BODY, Limit, Offset, active_jobs_using, error_responses, get_teacher, page,
+    AUTHENTICATED, INSPECTION_PENDING, NAME_LENGTH, WITH_BODY, Limit, Offset, active_jobs_using, error_responses, get_teacher, page,
     release_blob, send_inspection,
 )
 from service.serialize import layer_outs, teacher_out
@@ -93,7 +93,7 @@ async def upload_teacher(request: Request, response: Response, tenant: TenantDep
                 f"a {fmt} file holds weights only: send a manifest naming the architecture, "
                 'e.g. {"arch": "mlp", "args": {"in_features": 64, "hidden": [64], "num_classes": 10}}',
             )
-    name = upload.fields.get("name") or upload.filename
+    name = (upload.fields.get("name") or upload.filename or "")[:NAME_LENGTH] or None
 
     def record() -> tuple[Teacher, bool]:
         with session_factory(settings.resolved_database_url)() as db:

@@ -22,7 +22,7 @@ from service.errors import ECHO_CHARS, STORAGE_FULL, storage_full
 from service.serialize import public_error
 from storage.config import Settings
 from storage.db import session_scope
-from storage.models import Dataset, Job, Teacher
+from storage.models import Dataset, Job
 from tests.service._app import key_for, make_client, ready_teacher
 
 MAX_JSON = 8 * 1024

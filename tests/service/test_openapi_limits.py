@@ -36,9 +36,9 @@ def test_every_authenticated_route_documents_401_and_500(schema):
 
 
 @pytest.mark.parametrize("path, codes", [
-    ("/v1/jobs", {"408", "413", "422", "507"}),
-    ("/v1/teachers", {"202", "408", "413", "415", "422", "429", "507"}),
-    ("/v1/datasets", {"202", "408", "413", "415", "422", "429", "507"}),
+    ("/v1/jobs", {"400", "408", "413", "422", "507"}),
+    ("/v1/teachers", {"202", "400", "408", "413", "415", "422", "429", "507"}),
+    ("/v1/datasets", {"202", "400", "408", "413", "415", "422", "429", "507"}),
 ])
 def test_routes_with_a_body_document_their_limits(schema, path, codes):
     op = schema["paths"][path]["post"]
@@ -74,3 +74,18 @@ def test_spec_bounds_are_in_the_schema(schema):
     for name, model in comps.items():
         if name.endswith("Spec") or name in ("Budget", "SolverOptions", "DistillOptions", "StudentArgs"):
             assert model.get("additionalProperties") is False, name
+
+
+def test_the_stack_runs_uvicorn_with_the_timed_protocol():
+    """The flags of ``service.stack`` (and of the deployment files) parse in uvicorn's command line
+    and name the protocol class with the header and drain timeouts."""
+    from uvicorn.config import HTTP_PROTOCOLS
+    from uvicorn.importer import import_from_string
+    from uvicorn.main import main as uvicorn_cli
+
+    from service.http_protocol import TimedH11Protocol
+    from service.stack import UVICORN_LIMIT_FLAGS
+
+    params = uvicorn_cli.make_context("uvicorn", ["--factory", "service.app:create_app", *UVICORN_LIMIT_FLAGS]).params
+    assert import_from_string(HTTP_PROTOCOLS.get(params["http"], params["http"])) is TimedH11Protocol
+    assert params["timeout_keep_alive"] == 5 and params["h11_max_incomplete_event_size"] == 16384
