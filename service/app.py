@@ -43,7 +43,7 @@ def create_app(settings: Settings | None = None, *, migrate: bool | None = None)
         else None
     )
     install_error_handlers(app)
-    install_limits(app, settings)
+    install_limits(app, settings, upload_paths={teachers.router.prefix, datasets.router.prefix})
     install_metrics(app)  # outermost: counts the limits' answers too
     for module in (health, teachers, datasets, jobs, artifacts):
         app.include_router(module.router)

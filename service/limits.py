@@ -1,7 +1,7 @@
 """Request limits enforced inside the app: the size of non-upload bodies, how slowly any body may
 arrive, and how many uploads one tenant may run at once.
 
-- ``BREGKD_MAX_JSON_BYTES`` (1 MiB): a body that is not ``multipart/form-data`` is read by
+- ``BREGKD_MAX_JSON_BYTES`` (1 MiB): a body that is not a multipart upload to an upload route is read by
   :class:`BodyLimitMiddleware` before the route sees it, at most that many bytes; a larger
   ``Content-Length`` is answered 413 before one byte is read, and a chunked body (no length) 413
   as soon as it passes the limit. The JSON spec is then parsed from at most 1 MiB.
@@ -85,8 +85,10 @@ class BodyLimitMiddleware:
     ``receive`` after it is the server's own (so disconnects are still seen).
     """
 
-    def __init__(self, app: ASGIApp, max_bytes: int, idle_timeout_s: float, min_rate_bytes_s: float) -> None:
+    def __init__(self, app: ASGIApp, max_bytes: int, idle_timeout_s: float, min_rate_bytes_s: float,
+                 upload_paths: frozenset[str] = frozenset()) -> None:
         self.app = app
+        self.upload_paths = upload_paths
         self.max_bytes = max_bytes
         self.idle_timeout_s = idle_timeout_s
         self.min_rate = min_rate_bytes_s
@@ -97,7 +99,9 @@ class BodyLimitMiddleware:
             return
         headers = {k.lower(): v for k, v in scope.get("headers", [])}
         has_body = b"transfer-encoding" in headers or headers.get(b"content-length", b"0").strip() not in (b"", b"0")
-        if not has_body or headers.get(b"content-type", b"").lower().startswith(b"multipart/form-data"):
+        upload = (scope["method"] == "POST" and scope["path"].rstrip("/") in self.upload_paths
+                  and headers.get(b"content-type", b"").lower().startswith(b"multipart/form-data"))
+        if not has_body or upload:
             await self.app(scope, receive, send)  # uploads are limited and paced in service/uploads.py
             return
         length = headers.get(b"content-length")
@@ -164,9 +168,12 @@ class UploadSlots:
                 del self.active[tenant]
 
 
-def install_limits(app, settings) -> None:
+def install_limits(app, settings, upload_paths: set[str]) -> None:
+    """``upload_paths``: the routes that stream multipart uploads themselves (any other body,
+    multipart or not, is held to ``max_json_bytes``)."""
     app.state.upload_slots = UploadSlots(settings.max_concurrent_uploads)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_json_bytes,
-                       idle_timeout_s=settings.upload_idle_timeout_s, min_rate_bytes_s=settings.upload_min_rate_bytes_s)
+                       idle_timeout_s=settings.upload_idle_timeout_s, min_rate_bytes_s=settings.upload_min_rate_bytes_s,
+                       upload_paths=frozenset(upload_paths))
 
 

@@ -82,6 +82,15 @@ def test_chunked_body_over_the_limit_is_413(app):
     assert _no_jobs(settings)
 
 
+def test_a_multipart_body_to_a_json_route_is_held_to_the_json_limit(app):
+    client, settings, h = app
+    r = client.post("/v1/jobs", headers=h, files={"file": ("x", b"\0" * (4 * MAX_JSON))})
+    assert r.status_code == 413 and "BREGKD_MAX_JSON_BYTES" in r.json()["detail"]
+    # while the upload routes stream their own (larger) multipart bodies
+    r = client.post("/v1/datasets", headers=h, files={"file": ("x", b"\0" * (4 * MAX_JSON))})
+    assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "file"]
+
+
 def test_body_under_the_limit_still_reaches_the_route(app):
     client, settings, h = app
     r = client.post("/v1/jobs", headers=h, json=_distill(student={"arch": "mlp", "hidden": [16]}))
