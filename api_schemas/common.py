@@ -26,6 +26,7 @@ class ValidationErrorItem(BaseModel):
     loc: list[str | int] = Field(description="Where the bad value is, e.g. ['body', 'layer'].")
     msg: str = Field(description="What is wrong and what to change.")
     type: str = Field(description="A machine-readable error kind, e.g. 'value_error'.")
+    input: Any = Field(None, description="The offending value where the schema refused it, cut to 100 characters.")
 
 
 class ValidationErrorResponse(BaseModel):

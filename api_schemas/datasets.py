@@ -49,6 +49,9 @@ class DatasetOut(BaseModel):
     has_labels: bool | None = None
     error: str | None = None
     created_at: datetime
+    notice: str | None = Field(None, description=(
+        "Set only in a 202 answer to an upload: the file is stored but its inspection is not queued yet "
+        "(the queue is unreachable); it is sent automatically, so poll instead of uploading again."))
 
 
 class DatasetList(Page[DatasetOut]):

@@ -5,7 +5,7 @@ from datetime import datetime
 from enum import Enum
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_serializer, model_validator
 
 from api_schemas.common import Page, example
 
@@ -45,19 +45,20 @@ TransferChoice = str
 class Budget(BaseModel):
     """Limits of one job. ``time_limit_s`` becomes the worker's time limit for the job."""
 
-    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"time_limit_s": 600, "epochs": 20}]})
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, json_schema_extra={"examples": [{"time_limit_s": 600, "epochs": 20}]})
 
     time_limit_s: int = Field(600, ge=1, le=7 * 24 * 3600, description="Wall-clock limit of the job.")
     epochs: int | None = Field(None, ge=1, le=10_000, description="Training epochs (distillation).")
     max_train_rows: int | None = Field(
-        None, ge=1, description="Use at most this many training rows (the first ones, after a seeded shuffle)."
+        None, ge=1, le=1_000_000_000,
+        description="Use at most this many training rows (the first ones, after a seeded shuffle).",
     )
 
 
 class SolverOptions(BaseModel):
     """Options of the Bregman PCA solver; unset fields keep the library's defaults."""
 
-    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"max_iter": 50, "tol": 1e-6}]})
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, json_schema_extra={"examples": [{"max_iter": 50, "tol": 1e-6}]})
 
     mean: Literal["joint", "centroid"] = Field("joint", description="Optimize the mean jointly or fix the centroid.")
     max_iter: int | None = Field(None, ge=1, le=10_000)
@@ -65,15 +66,23 @@ class SolverOptions(BaseModel):
     ridge: float | None = Field(None, ge=0, description="Ridge on the coefficients (λ).")
 
 
-class _SpecBase(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+#: the largest seed (seeds are 32-bit: numpy's generators refuse more)
+MAX_SEED = 2**32 - 1
+#: identifiers are short (``tch_`` + 12 hex digits); 64 is the database column's width
+ID_LENGTH = 64
 
-    teacher_id: str = Field(description="An uploaded teacher in status ready.", examples=["tch_3c9d8e7f"])
+
+class _SpecBase(BaseModel):
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    teacher_id: str = Field(max_length=ID_LENGTH, description="An uploaded teacher in status ready.",
+                            examples=["tch_3c9d8e7f"])
     dataset: str = Field(
-        description="A data set id, or a built-in data set's name (e.g. `digits`).", examples=["digits"]
+        max_length=ID_LENGTH, description="A data set id, or a built-in data set's name (e.g. `digits`).",
+        examples=["digits"],
     )
     device: Device = Field("cpu", description="Where to run: routes the job to the cpu or gpu queue.")
-    seed: int = Field(0, ge=0)
+    seed: int = Field(0, ge=0, le=MAX_SEED, description="Seed of every random choice (0 .. 2^32-1).")
     budget: Budget = Field(default_factory=Budget)
 
 
@@ -103,12 +112,13 @@ class RepresentationSpec(_SpecBase):
     )
 
     kind: Literal["representation"] = "representation"
-    layer: str = Field(description="A tappable layer path from GET /v1/teachers/{id}/layers.", examples=["2"])
+    layer: str = Field(max_length=255, description="A tappable layer path from GET /v1/teachers/{id}/layers.",
+                       examples=["2"])
     transfer: TransferChoice = Field(
         "auto", max_length=32,
         description="auto, listed, softmax (output layer only), or the name of the transfer after the layer.",
     )
-    n_components: int | None = Field(None, ge=1, description="k, the number of directions (k < d).")
+    n_components: int | None = Field(None, ge=1, le=1_000_000, description="k, the number of directions (k < d).")
     target_share: float | None = Field(
         None, gt=0, le=1, description="Pick the smallest k explaining this share of the divergence."
     )
@@ -124,7 +134,7 @@ class RepresentationSpec(_SpecBase):
 class DistillOptions(BaseModel):
     """Training settings and loss weights; unset fields keep the library's defaults."""
 
-    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"lr": 0.003, "temperature": 4.0}]})
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, json_schema_extra={"examples": [{"lr": 0.003, "temperature": 4.0}]})
 
     batch_size: int | None = Field(None, ge=1, le=65536)
     lr: float | None = Field(None, gt=0, le=10)
@@ -142,13 +152,101 @@ class DistillOptions(BaseModel):
         "The copies' noise, in units of the inputs' standard deviation (default 0.3)."))
 
 
-class StudentSpec(BaseModel):
-    """The student's architecture (a model-registry name and its arguments)."""
+Width = Annotated[int, Field(ge=1, le=65_536)]
+ActivationName = Literal["relu", "leaky_relu", "sigmoid", "tanh", "gelu", "silu"]
 
-    model_config = ConfigDict(extra="allow", json_schema_extra={"examples": [{"arch": "mlp", "hidden": [32]}]})
 
-    arch: str = Field("mlp", description="Model registry name, e.g. mlp, cnn, resnet8.")
-    hidden: list[int] | None = Field(None, description="Hidden widths (mlp).")
+class StudentArgs(BaseModel):
+    """The builder arguments of the registry architectures (``bregman/models.py``), each bounded.
+
+    Which ones an architecture takes is :data:`api_schemas.param_count.ARCH_ARGUMENTS`; the
+    input size (``in_features`` / ``in_channels``) and ``num_classes`` are filled in by the
+    worker from the teacher and the method (give them only to assert them).
+    """
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False,
+                              json_schema_extra={"examples": [{"hidden": [32], "activation": "relu"}]})
+
+    hidden: list[Width] | Width | None = Field(
+        None, description="mlp: hidden widths (a list, at most 64); cnn: the hidden Linear's width (one integer).")
+    activation: ActivationName | list[ActivationName] | None = Field(
+        None, description="mlp: one name or one per hidden layer; cnn: one name.")
+    negative_slope: float | None = Field(None, ge=0, le=1, description="Slope of leaky_relu below zero.")
+    output_activation: Literal["softmax", "log_softmax"] | None = Field(None, description="mlp only.")
+    channels: list[Annotated[int, Field(ge=1, le=4096)]] | None = Field(
+        None, min_length=1, max_length=16, description="cnn: output channels of each convolution.")
+    batch_norm: bool | None = Field(None, description="cnn: BatchNorm after each convolution.")
+    depth: int | None = Field(None, ge=8, le=1000, description="resnet: 6n+2; wrn: 6n+4.")
+    width: int | None = Field(None, ge=1, le=64, description="resnet: stage width multiplier.")
+    widen_factor: int | None = Field(None, ge=1, le=64, description="wrn: width multiplier k.")
+    base_width: int | None = Field(None, ge=1, le=1024, description="ResNets and WRNs: channels of the first stage.")
+    dropout: float | None = Field(None, ge=0, lt=1, description="WRNs: dropout inside blocks.")
+    in_features: int | None = Field(None, ge=1, le=100_000_000, description="mlp: must equal the inputs' size.")
+    in_channels: int | None = Field(None, ge=1, le=4096, description="Convolutional nets: must equal the inputs' channels.")
+    num_classes: int | None = Field(None, ge=1, le=1_000_000, description="Must equal the width the method needs.")
+
+    @model_validator(mode="after")
+    def _hidden_list_length(self) -> "StudentArgs":
+        if isinstance(self.hidden, list) and len(self.hidden) > 64:
+            raise ValueError(f"hidden lists {len(self.hidden)} layers; at most 64")
+        if isinstance(self.activation, list) and len(self.activation) > 64:
+            raise ValueError("activation lists more than 64 names")
+        return self
+
+    @model_serializer(mode="wrap")
+    def _drop_unset(self, handler):  # the stored spec lists only what was given
+        return {k: v for k, v in handler(self).items() if v is not None}
+
+    def given(self) -> dict[str, Any]:
+        """The arguments that were set (None means the builder's default)."""
+        return {k: v for k, v in self.__dict__.items() if k in StudentArgs.model_fields and v is not None}
+
+
+class StudentSpec(StudentArgs):
+    """The student's architecture: a model-registry name and its arguments, inline
+    (``{"arch": "mlp", "hidden": [32]}``) or under ``args`` (``{"arch": "mlp", "args": {"hidden": [32]}}``).
+
+    Unknown keys, and arguments the architecture does not take, are refused (422); the
+    student's parameter count is bounded by the server (``BREGKD_MAX_STUDENT_PARAMETERS``).
+    """
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False,
+                              json_schema_extra={"examples": [{"arch": "mlp", "hidden": [32]}]})
+
+    arch: str = Field("mlp", max_length=32, description="Model registry name, e.g. mlp, cnn, resnet8, wrn_16_1.")
+    args: StudentArgs | None = Field(None, description="The arguments, as an alternative to giving them inline.")
+
+    @model_validator(mode="after")
+    def _arguments_fit_the_arch(self) -> "StudentSpec":
+        from api_schemas.param_count import ARCH_ARGUMENTS
+
+        if self.arch not in ARCH_ARGUMENTS:
+            raise ValueError(f"unknown student architecture {self.arch!r}; choose one of {', '.join(ARCH_ARGUMENTS)}")
+        inline, nested = StudentArgs.given(self), (self.args.given() if self.args is not None else {})
+        both = sorted(set(inline) & set(nested))
+        if both:
+            raise ValueError(f"student argument(s) {both} given both inline and under 'args': give them once")
+        args = {**inline, **nested}
+        wrong = sorted(set(args) - ARCH_ARGUMENTS[self.arch])
+        if wrong:
+            raise ValueError(f"architecture {self.arch!r} takes no argument(s) {wrong}; it takes "
+                             f"{', '.join(sorted(ARCH_ARGUMENTS[self.arch]))}")
+        if self.arch == "mlp" and isinstance(args.get("hidden"), int):
+            raise ValueError("mlp's hidden is a list of widths, e.g. [64, 32]")
+        if self.arch == "cnn" and isinstance(args.get("hidden"), list):
+            raise ValueError("cnn's hidden is one width (an integer), e.g. 64")
+        if self.arch == "cnn" and isinstance(args.get("activation"), list):
+            raise ValueError("cnn's activation is one name")
+        acts, hidden = args.get("activation"), args.get("hidden")
+        if isinstance(acts, list) and isinstance(hidden, list) and len(acts) != len(hidden):
+            raise ValueError(f"activation lists {len(acts)} names but hidden has {len(hidden)} layers; "
+                             "give one name or one per layer")
+        return self
+
+    def arguments(self) -> dict[str, Any]:
+        """The builder arguments given, inline and under ``args`` merged."""
+        return {**StudentArgs.given(self), **(self.args.given() if self.args is not None else {})}
+
 
 
 class DistillationSpec(_SpecBase):
@@ -176,10 +274,11 @@ class DistillationSpec(_SpecBase):
     )
 
     kind: Literal["distillation"] = "distillation"
-    representation_job_id: str | None = Field(None, description="A succeeded representation job.")
-    layer: str | None = Field(None, description="Teacher layer to distill through (without a representation job).")
+    representation_job_id: str | None = Field(None, max_length=ID_LENGTH, description="A succeeded representation job.")
+    layer: str | None = Field(None, max_length=255,
+                              description="Teacher layer to distill through (without a representation job).")
     transfer: TransferChoice = Field("auto", max_length=32, description="As in a representation job.")
-    n_components: int | None = Field(None, ge=1, description=(
+    n_components: int | None = Field(None, ge=1, le=1_000_000, description=(
         "k (default: every direction, d − 1 up to 64, at a softmax layer; elsewhere the smallest k explaining "
         "99.9 % of the divergence)."))
     student: StudentSpec = Field(default_factory=StudentSpec)

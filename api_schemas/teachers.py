@@ -94,6 +94,9 @@ class TeacherOut(BaseModel):
     manifest: dict[str, Any] | None = Field(None, description="Architecture manifest sent with the upload.")
     error: str | None = Field(None, description="Why inspection failed, when status is failed.")
     created_at: datetime
+    notice: str | None = Field(None, description=(
+        "Set only in a 202 answer to an upload: the file is stored but its inspection is not queued yet "
+        "(the queue is unreachable); it is sent automatically, so poll instead of uploading again."))
 
 
 class TeacherList(Page[TeacherOut]):

@@ -10,8 +10,11 @@ import logging
 import redis
 from fastapi import FastAPI
 
+from service.errors import install_error_handlers
+from service.limits import install_limits
 from service.metrics import install_metrics
 from service.routes import artifacts, datasets, health, jobs, teachers
+from storage.blobs import BlobStore
 from storage.config import Settings, get_settings
 from storage.migrate import upgrade
 from workers.celery_app import make_celery
@@ -26,6 +29,8 @@ of its layers, and distill a small student through it. Authenticate with `Author
 def create_app(settings: Settings | None = None, *, migrate: bool | None = None) -> FastAPI:
     settings = settings or get_settings()
     settings.blob_dir.mkdir(parents=True, exist_ok=True)
+    # uploads of a crashed API process; other live processes' uploads are locked and kept
+    BlobStore(settings.blob_dir).sweep_tmp(settings.tmp_sweep_min_age_s, settings.tmp_sweep_grace_s)
     if settings.migrate_on_start if migrate is None else migrate:
         upgrade(settings.resolved_database_url)
     app = FastAPI(title="bregkd", version=settings.version, description=DESCRIPTION)
@@ -37,7 +42,9 @@ def create_app(settings: Settings | None = None, *, migrate: bool | None = None)
         if settings.redis_url.startswith(("redis://", "rediss://", "unix://"))
         else None
     )
-    install_metrics(app)
+    install_error_handlers(app)
+    install_limits(app, settings, upload_paths={teachers.router.prefix, datasets.router.prefix})
+    install_metrics(app)  # outermost: counts the limits' answers too
     for module in (health, teachers, datasets, jobs, artifacts):
         app.include_router(module.router)
     return app

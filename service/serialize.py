@@ -1,12 +1,30 @@
 """Records → wire models."""
 from __future__ import annotations
 
+import re
+
 from api_schemas import ArtifactOut, DatasetOut, JobOut, JobProgress, LayerOut, TeacherOut
 from storage.jobs import as_utc
 from storage.models import Artifact, Dataset, Job, Teacher
 
+_TRACEBACK = re.compile(r"Traceback \(most recent call last\):.*?(?=^\S|\Z)", re.S | re.M)
+_FRAME = re.compile(r'^\s*File "[^"]*", line \d+.*$', re.M)
+# absolute paths on the server (not the API's own /v1/... routes in messages)
+_SERVER_PATH = re.compile(r"(?<![\w.:/])/(?!v1/)(?:[\w.@+-]+/)+[\w.@+-]*")
 
-def teacher_out(t: Teacher) -> TeacherOut:
+
+def public_error(text: str | None) -> str | None:
+    """A record's error as a client may see it: no traceback frames, no server file paths
+    (a worker's message is written for users, but a stray traceback must not leak the layout)."""
+    if not text:
+        return text
+    text = _TRACEBACK.sub("", text)
+    text = _FRAME.sub("", text)
+    text = _SERVER_PATH.sub("<server path>", text)
+    return "\n".join(line for line in text.splitlines() if line.strip()).strip() or "the worker failed (no details)"
+
+
+def teacher_out(t: Teacher, notice: str | None = None) -> TeacherOut:
     return TeacherOut(
         id=t.id,
         name=t.name,
@@ -17,8 +35,9 @@ def teacher_out(t: Teacher) -> TeacherOut:
         parameter_count=t.parameter_count,
         input_shape=t.input_shape,
         manifest=t.manifest,
-        error=t.error,
+        error=public_error(t.error),
         created_at=as_utc(t.created_at),
+        notice=notice,
     )
 
 
@@ -26,7 +45,7 @@ def layer_outs(t: Teacher) -> list[LayerOut]:
     return [LayerOut.model_validate(layer) for layer in (t.layers or [])]
 
 
-def dataset_out(d: Dataset) -> DatasetOut:
+def dataset_out(d: Dataset, notice: str | None = None) -> DatasetOut:
     return DatasetOut(
         id=d.id,
         name=d.name,
@@ -40,8 +59,9 @@ def dataset_out(d: Dataset) -> DatasetOut:
         n_train=d.n_train,
         n_test=d.n_test,
         has_labels=d.has_labels,
-        error=d.error,
+        error=public_error(d.error),
         created_at=as_utc(d.created_at),
+        notice=notice,
     )
 
 
@@ -53,7 +73,7 @@ def job_out(j: Job) -> JobOut:
         spec=j.spec,
         progress=JobProgress(fraction=j.progress_fraction or 0.0, phase=j.progress_phase, eta_s=j.eta_s),
         metrics=j.metrics or {},
-        error=j.error,
+        error=public_error(j.error),
         attempts=j.attempts,
         created_at=as_utc(j.created_at),
         started_at=as_utc(j.started_at),

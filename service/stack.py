@@ -30,6 +30,11 @@ logger = logging.getLogger(__name__)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
+#: the API's connection limits (the Dockerfile and docker-compose.yml run the same flags):
+#: header and drain timeouts (service/http_protocol.py), idle keep-alive, header size
+UVICORN_LIMIT_FLAGS = ("--http", "service.http_protocol:TimedH11Protocol", "--timeout-keep-alive", "5",
+                       "--h11-max-incomplete-event-size", "16384")
+
 
 class StackError(RuntimeError):
     """A part of the embedded stack did not start; the message points at its log."""
@@ -279,7 +284,8 @@ class EmbeddedStack:
         self.api_proc = self._spawn(
             "api",
             [sys.executable, "-m", "uvicorn", "--factory", "service.app:create_app", "--host", self.api_host,
-             "--port", str(self.api_port), "--log-level", "warning", "--timeout-graceful-shutdown", "3"],
+             "--port", str(self.api_port), "--log-level", "warning", "--timeout-graceful-shutdown", "3",
+             *UVICORN_LIMIT_FLAGS],
         )
 
     def wait_ready(self, timeout: float | None = None) -> None:

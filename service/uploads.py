@@ -3,8 +3,10 @@ into the blob store's temporary file; nothing is held whole in memory or spooled
 
 Limits: a Content-Length above the limit is answered 413 before any byte is read; the file's
 bytes are counted while streaming (chunked bodies have no Content-Length) and 413 is raised as
-soon as the limit is passed. Any failure (client gone, limit, bad format) removes the temporary
-file, so a broken upload leaves nothing behind.
+soon as the limit is passed; a body that pauses or trickles is answered 408
+(:class:`service.limits.BodyPacer`); a full disk is answered 507. Any failure (client gone,
+limit, timeout, bad format, full disk) removes the temporary file, so a broken upload leaves
+nothing behind.
 """
 from __future__ import annotations
 
@@ -17,8 +19,10 @@ from fastapi import HTTPException, Request
 from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.concurrency import run_in_threadpool
+from starlette.requests import ClientDisconnect
 
-from service.errors import unprocessable
+from service.errors import STORAGE_FULL, storage_full, unprocessable
+from service.limits import BodyPacer, BodyTimeout, timeout_exception
 from storage.blobs import BlobStore, BlobTooLarge
 
 # room for the multipart framing and the small form fields next to the file
@@ -122,6 +126,8 @@ async def receive_upload(
     max_field_bytes: int,
     chunk_bytes: int = 1024 * 1024,
     file_field: str = "file",
+    idle_timeout_s: float = 30.0,
+    min_rate_bytes_s: float = 0.0,
 ) -> AsyncIterator[ReceivedUpload]:
     """Stream a ``multipart/form-data`` body into the blob store.
 
@@ -140,18 +146,34 @@ async def receive_upload(
         if declared > max_bytes + max_field_bytes * 4 + _FRAMING_SLACK:
             raise _too_large(max_bytes)
 
-    with store.writer(limit=max_bytes) as writer:
-        collector = _PartCollector(file_field, max_field_bytes)
-        parser = MultipartParser(opts[b"boundary"], collector.callbacks())
-        buffered = 0
+    try:
+        with store.writer(limit=max_bytes) as writer:
+            upload = await _stream_into(request, writer, store, opts[b"boundary"], max_bytes, max_field_bytes,
+                                        chunk_bytes, file_field, BodyPacer(request.receive, idle_timeout_s, min_rate_bytes_s))
+            yield upload
+    except OSError as exc:  # the temporary file is gone already (the writer removes it on any error)
+        if storage_full(exc):
+            raise HTTPException(507, STORAGE_FULL, headers={"Retry-After": "60"}) from None
+        raise
 
-        def flush() -> None:
-            for piece in collector.pending:
-                writer.write(piece)
-            collector.pending.clear()
 
-        try:
-            async for chunk in request.stream():
+async def _stream_into(request: Request, writer, store: BlobStore, boundary: bytes, max_bytes: int,
+                       max_field_bytes: int, chunk_bytes: int, file_field: str, pacer: BodyPacer) -> ReceivedUpload:
+    collector = _PartCollector(file_field, max_field_bytes)
+    parser = MultipartParser(boundary, collector.callbacks())
+
+    def flush() -> None:
+        for piece in collector.pending:
+            writer.write(piece)
+        collector.pending.clear()
+
+    try:
+        while True:
+            message = await pacer.receive()
+            if message["type"] == "http.disconnect":
+                raise ClientDisconnect()
+            chunk = message.get("body", b"")
+            if chunk:
                 parser.write(chunk)
                 if collector.error is not None:
                     raise collector.error
@@ -160,18 +182,22 @@ async def receive_upload(
                     raise _too_large(max_bytes)
                 if buffered >= chunk_bytes:
                     await run_in_threadpool(flush)
-            parser.finalize()
-            await run_in_threadpool(flush)
-        except BlobTooLarge:
-            raise _too_large(max_bytes) from None
-        except MultipartParseError as exc:
-            raise HTTPException(400, f"the multipart body is malformed ({exc}); send multipart/form-data") from None
-        if collector.error is not None:
-            raise collector.error
-        if collector.file_parts == 0:
-            raise unprocessable(file_field, f"the form has no {file_field!r} part: attach the file as {file_field!r}")
-        upload = collector.result
-        upload.sha256 = await run_in_threadpool(store.finish, writer)
-        upload.size = writer.size
-        upload.tmp_path = writer.tmp_path
-        yield upload
+            if not message.get("more_body", False):
+                break
+        parser.finalize()
+        await run_in_threadpool(flush)
+    except BlobTooLarge:
+        raise _too_large(max_bytes) from None
+    except BodyTimeout as exc:
+        raise timeout_exception(exc) from None
+    except MultipartParseError as exc:
+        raise HTTPException(400, f"the multipart body is malformed ({exc}); send multipart/form-data") from None
+    if collector.error is not None:
+        raise collector.error
+    if collector.file_parts == 0:
+        raise unprocessable(file_field, f"the form has no {file_field!r} part: attach the file as {file_field!r}")
+    upload = collector.result
+    upload.sha256 = await run_in_threadpool(store.finish, writer)
+    upload.size = writer.size
+    upload.tmp_path = writer.tmp_path
+    return upload

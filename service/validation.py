@@ -3,17 +3,21 @@
 Checks: the teacher exists for this tenant and is inspected; the data set exists (or is a
 built-in) and its inputs fit the teacher; the layer exists and can be tapped; the transfer is
 monotone; k fits the layer and the data; a named representation job is this tenant's, finished,
-and of the same teacher. Every failure is a 422 naming the field.
+and of the same teacher; a student reads the teacher's inputs and stays within the parameter
+budget (``BREGKD_MAX_STUDENT_PARAMETERS``, counted without torch by
+:mod:`api_schemas.param_count`). Every failure is a 422 naming the field.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy.orm import Session
 
 from api_schemas import DistillationSpec, RepresentationSpec
-from service.errors import unprocessable
+from api_schemas.param_count import parameter_count
+from service.errors import clip, unprocessable
 from storage.models import Dataset, Job, Teacher
 
 
@@ -127,8 +131,47 @@ def validate_representation(db: Session, tenant: str, spec: RepresentationSpec) 
     return ValidatedJob(teacher, dataset, layer, spec.n_components)
 
 
+def _student_outputs(spec: DistillationSpec, layer: dict[str, Any], teacher: Teacher, dataset: Dataset,
+                     k: int | None) -> int:
+    """The widest output any of the job's students will have: k (below d) for bregman, d for
+    hint, the teacher's outputs for kd and labels."""
+    d = int(layer.get("d") or 1)
+    layers = teacher.layers or []
+    classes = dataset.num_classes or (int(layers[-1].get("d") or 1) if layers else 1)
+    widths = {"bregman": k if k is not None else max(1, d - 1), "hint": d}
+    return max(widths.get(m, classes) for m in spec.methods)
+
+
+def _student_fits(spec: DistillationSpec, layer: dict[str, Any], teacher: Teacher, dataset: Dataset,
+                  k: int | None, max_parameters: int | None) -> None:
+    student = spec.student
+    shape = [int(s) for s in (teacher.input_shape or dataset.input_shape or [])]
+    args = student.arguments()
+    if student.arch == "mlp":
+        args.setdefault("in_features", math.prod(shape) if shape else 1)
+    elif shape:
+        if len(shape) != 3:
+            raise unprocessable(["student", "arch"], f"architecture '{student.arch}' reads images (C, H, W) but the "
+                                                     f"inputs have shape {shape}: use the 'mlp' architecture")
+        args.setdefault("in_channels", shape[0])
+    outputs = _student_outputs(spec, layer, teacher, dataset, k)
+    args.setdefault("num_classes", outputs)
+    try:
+        count = parameter_count(student.arch, args)
+    except (TypeError, ValueError) as exc:
+        raise unprocessable("student", f"the student cannot be built: {exc}") from None
+    if max_parameters is not None and count > max_parameters:
+        raise unprocessable(
+            "student",
+            f"the student ({student.arch}, {clip(student.arguments() or 'default arguments', 200)}) would have {count:,} "
+            f"parameters (with {outputs} outputs), more than the limit of {max_parameters:,} "
+            "(BREGKD_MAX_STUDENT_PARAMETERS); choose a smaller architecture or narrower layers",
+        )
+
+
 def validate_distillation(
-    db: Session, tenant: str, spec: DistillationSpec, capabilities: dict[str, Any] | None = None
+    db: Session, tenant: str, spec: DistillationSpec, capabilities: dict[str, Any] | None = None,
+    max_student_parameters: int | None = None,
 ) -> ValidatedJob:
     teacher = _teacher(db, tenant, spec.teacher_id)
     dataset = _dataset(db, tenant, spec.dataset, teacher)
@@ -161,4 +204,5 @@ def validate_distillation(
     archs = (capabilities or {}).get("architectures")
     if archs and spec.student.arch not in archs:
         raise unprocessable(["student", "arch"], f"unknown student architecture '{spec.student.arch}'; choose one of {', '.join(archs)}")
+    _student_fits(spec, layer, teacher, dataset, k, max_student_parameters)
     return ValidatedJob(teacher, dataset, layer, k)

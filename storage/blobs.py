@@ -2,18 +2,29 @@
 
 Writes stream into a temporary file in the store's own directory (same file system, so the
 final move is an atomic rename) while the hash is computed; a write that fails or is abandoned
-removes its temporary file.
+removes its temporary file. A write in progress holds an exclusive ``flock`` on its temporary
+file, so :meth:`BlobStore.sweep_tmp` (run when the API starts) removes only the files of writers
+that died (a crash, SIGKILL): a lock dies with its process, also when several API processes
+share the directory.
 """
 from __future__ import annotations
 
+import errno
+import fcntl
 import hashlib
+import logging
 import os
+import time
 import re
 import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO, Iterator
+
+logger = logging.getLogger(__name__)
+
+TMP_PREFIX = "upload-"
 
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
@@ -75,8 +86,15 @@ class BlobStore:
         The caller may inspect ``writer.tmp_path`` inside the block (e.g. sniff its format) and
         raise to discard it. On any exception the temporary file is removed.
         """
-        fd, name = tempfile.mkstemp(dir=self.tmp_dir, prefix="upload-")
+        fd, name = tempfile.mkstemp(dir=self.tmp_dir, prefix=TMP_PREFIX)
         tmp = Path(name)
+        # a lock on a descriptor of its own, held until the block ends (also after ``finish``
+        # closes the writing one): a sweep leaves the file alone while this process lives
+        lock_fd = os.open(tmp, os.O_RDONLY)
+        try:
+            fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            pass  # a file system without locks: the sweep falls back to the file's age
         w = BlobWriter(os.fdopen(fd, "wb"), tmp, limit)
         try:
             yield w
@@ -84,9 +102,46 @@ class BlobStore:
                 w._close()
             self._commit(tmp, w.sha256)  # type: ignore[arg-type]
         finally:
-            if not w._fh.closed:
-                w._fh.close()
-            tmp.unlink(missing_ok=True)
+            try:
+                if not w._fh.closed:
+                    w._fh.close()  # flushes: raises again on a full disk
+            except OSError:
+                pass
+            finally:
+                tmp.unlink(missing_ok=True)
+                os.close(lock_fd)
+
+    def sweep_tmp(self, min_age_s: float = 60.0, unlocked_fallback_age_s: float = 3600.0) -> int:
+        """Remove temporary files that no live writer holds; returns how many.
+
+        A file younger than ``min_age_s`` is always kept (its writer may not have locked it
+        yet). Where the file system has no ``flock``, only files older than
+        ``unlocked_fallback_age_s`` are removed.
+        """
+        removed, now = 0, time.time()
+        for path in self.tmp_dir.glob(f"{TMP_PREFIX}*"):
+            try:
+                age = now - path.stat().st_mtime
+                if age < min_age_s:
+                    continue
+                fd = os.open(path, os.O_RDONLY)
+            except FileNotFoundError:
+                continue
+            try:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    continue  # a live writer holds it
+                except OSError as exc:
+                    if exc.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.EINVAL) or age < unlocked_fallback_age_s:
+                        continue
+                path.unlink(missing_ok=True)
+                removed += 1
+            finally:
+                os.close(fd)
+        if removed:
+            logger.info("removed %d abandoned temporary upload(s) from %s", removed, self.tmp_dir)
+        return removed
 
     def finish(self, w: BlobWriter) -> str:
         """Close the writer early (to inspect the complete file) and return its hash."""

@@ -22,6 +22,9 @@ class Settings(BaseSettings):
         ``@ : / # %`` never breaks a URL it would otherwise be pasted into (docker-compose.yml
         passes them this way).
     max_upload_bytes : uploads larger than this are answered 413.
+
+    The request limits (``max_json_bytes`` ... ``tmp_sweep_grace_s``) are described in
+    ``service/limits.py`` and ``service/http_protocol.py``, which enforce them.
     """
 
     model_config = SettingsConfigDict(env_prefix="BREGKD_", env_file=".env", extra="ignore")
@@ -34,6 +37,19 @@ class Settings(BaseSettings):
     max_upload_bytes: int = Field(2 * 1024**3, ge=1)
     max_field_bytes: int = Field(1024 * 1024, ge=1, description="Limit of a non-file multipart field.")
     upload_chunk_bytes: int = Field(1024 * 1024, ge=4096)
+    # Request limits of the API (per request; the upload cap is per tenant and per API process)
+    max_json_bytes: int = Field(1024 * 1024, ge=1024, description="A non-multipart request body above this is answered 413.")
+    max_student_parameters: int = Field(50_000_000, ge=1, description="A job's student above this many parameters is answered 422.")
+    upload_idle_timeout_s: float = Field(30.0, gt=0, description="A request body with no byte for this long is answered 408.")
+    upload_min_rate_bytes_s: float = Field(
+        4096.0, ge=0, description="After upload_idle_timeout_s, a body arriving slower than this on average is answered 408.")
+    max_concurrent_uploads: int = Field(4, ge=1, description="Uploads one tenant may run at once on one API process (429 above).")
+    header_timeout_s: float = Field(10.0, gt=0, description="A connection that has not sent a request's complete headers within this is closed (408).")
+    body_drain_timeout_s: float = Field(
+        10.0, gt=0, description="After an early answer (413, 401, ...) the rest of an unread body is discarded for at most this long.")
+    tmp_sweep_min_age_s: float = Field(60.0, ge=0, description="Temporary uploads no process holds and older than this are removed at API start.")
+    tmp_sweep_grace_s: float = Field(
+        3600.0, ge=0, description="Where file locks are unavailable, temporary uploads older than this are removed at API start.")
     # Workers
     heartbeat_interval_s: float = Field(2.0, gt=0, description="How often a running job's heartbeat is written.")
     heartbeat_timeout_s: float = Field(60.0, gt=0, description="A running job silent this long is presumed lost.")

@@ -9,11 +9,19 @@ from api_schemas import ArtifactList
 from api_schemas.common import ErrorResponse
 from service.deps import BlobsDep, DbDep, TenantDep
 from service.errors import not_found
-from service.routes.common import get_job
+from service.routes.common import AUTHENTICATED, get_job
 from service.serialize import artifact_out
 from storage.models import Artifact
 
-router = APIRouter(prefix="/v1/jobs/{job_id}/artifacts", tags=["artifacts"])
+router = APIRouter(prefix="/v1/jobs/{job_id}/artifacts", tags=["artifacts"], responses=AUTHENTICATED)
+
+#: what downloads are served as (``workers/artifacts.py`` picks it from the name)
+SERVED_MEDIA_TYPES = {
+    "application/json": {"schema": {"type": "object"}, "description": "report.json, student.json, layer.json"},
+    "image/png": {"schema": {"type": "string", "format": "binary"}, "description": "plots"},
+    "application/octet-stream": {"schema": {"type": "string", "format": "binary"},
+                                 "description": ".safetensors, .pt2, .onnx and anything else"},
+}
 
 
 @router.get("", response_model=ArtifactList, responses={404: {"model": ErrorResponse}})
@@ -27,8 +35,10 @@ def list_artifacts(job_id: str, db: DbDep, tenant: TenantDep):
     "/{name:path}",
     response_class=FileResponse,
     responses={
-        200: {"content": {"application/octet-stream": {}}, "description": "The file (Range requests answered 206)"},
+        200: {"content": SERVED_MEDIA_TYPES, "description": "The file, as the media type its listing names"},
+        206: {"content": SERVED_MEDIA_TYPES, "description": "The byte range a `Range` header asked for"},
         304: {"description": "If-None-Match matched the ETag"},
+        416: {"description": "The `Range` cannot be satisfied"},
         404: {"model": ErrorResponse},
     },
 )

@@ -1,16 +1,17 @@
 """``/v1/datasets``: uploaded data sets (.npz / safetensors) and built-ins usable by name."""
 from __future__ import annotations
 
-from typing import Annotated
-
-from fastapi import APIRouter, HTTPException, Query, Request, Response
+from fastapi import APIRouter, HTTPException, Request, Response
 from starlette.concurrency import run_in_threadpool
 
 from api_schemas import DatasetList, DatasetOut
 from api_schemas.common import ErrorResponse, ValidationErrorResponse
 from service.deps import BlobsDep, DbDep, SettingsDep, TenantDep, get_queue
 from service.errors import unprocessable
-from service.routes.common import active_jobs_using, get_dataset, page, release_blob, visible_datasets
+from service.routes.common import (
+    AUTHENTICATED, INSPECTION_PENDING, NAME_LENGTH, WITH_BODY, Limit, Offset, active_jobs_using, error_responses, get_dataset, page,
+    release_blob, send_inspection, visible_datasets,
+)
 from service.serialize import dataset_out
 from service.sniff import SniffError, sniff_dataset
 from service.uploads import receive_upload
@@ -18,7 +19,7 @@ from storage.db import session_factory
 from storage.models import Dataset, new_id
 from workers.dispatch import send_inspect_dataset
 
-router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
+router = APIRouter(prefix="/v1/datasets", tags=["datasets"], responses=AUTHENTICATED)
 
 _UPLOAD_DOC = {
     "requestBody": {
@@ -44,19 +45,27 @@ _UPLOAD_DOC = {
     status_code=201,
     response_model=DatasetOut,
     openapi_extra=_UPLOAD_DOC,
-    responses={413: {"model": ErrorResponse}, 415: {"model": ErrorResponse}, 422: {"model": ValidationErrorResponse}},
+    responses={
+        202: {"model": DatasetOut, "description": "Stored, but the inspection is not queued yet (the queue is "
+                                                   "unreachable); it is sent automatically: poll, do not upload again"},
+        **WITH_BODY,
+        **error_responses(415, 429),
+        413: {"model": ErrorResponse, "description": "The file exceeds the upload limit (BREGKD_MAX_UPLOAD_BYTES)"},
+        422: {"model": ValidationErrorResponse, "description": "Unrecognized format, a pickle, or no 'file' part"},
+    },
 )
-async def upload_dataset(request: Request, tenant: TenantDep, settings: SettingsDep, blobs: BlobsDep):
+async def upload_dataset(request: Request, response: Response, tenant: TenantDep, settings: SettingsDep, blobs: BlobsDep):
     """Upload a data set; a worker checks its arrays (status ``inspecting`` → ``ready``/``failed``)."""
-    async with receive_upload(
+    async with request.app.state.upload_slots.hold(tenant), receive_upload(
         request, blobs, max_bytes=settings.max_upload_bytes, max_field_bytes=settings.max_field_bytes,
-        chunk_bytes=settings.upload_chunk_bytes,
+        chunk_bytes=settings.upload_chunk_bytes, idle_timeout_s=settings.upload_idle_timeout_s,
+        min_rate_bytes_s=settings.upload_min_rate_bytes_s,
     ) as upload:
         try:
             fmt = await run_in_threadpool(sniff_dataset, upload.tmp_path)
         except SniffError as exc:
             raise unprocessable("file", str(exc)) from None
-    name = upload.fields.get("name") or upload.filename or "dataset"
+    name = (upload.fields.get("name") or upload.filename or "dataset")[:NAME_LENGTH]
 
     def record() -> Dataset:
         with session_factory(settings.resolved_database_url)() as db:
@@ -67,7 +76,9 @@ async def upload_dataset(request: Request, tenant: TenantDep, settings: Settings
             return d
 
     d = await run_in_threadpool(record)
-    await run_in_threadpool(send_inspect_dataset, get_queue(request), d.id)
+    if not await run_in_threadpool(send_inspection, send_inspect_dataset, get_queue(request), d.id):
+        response.status_code = 202
+        return dataset_out(d, notice=INSPECTION_PENDING)
     return dataset_out(d)
 
 
@@ -75,8 +86,8 @@ async def upload_dataset(request: Request, tenant: TenantDep, settings: Settings
 def list_datasets(
     db: DbDep,
     tenant: TenantDep,
-    limit: Annotated[int, Query(ge=1, le=500)] = 50,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    limit: Limit = 50,
+    offset: Offset = 0,
 ):
     """Built-in data sets (``builtin=true``, id = name) and this tenant's uploads."""
     cond = visible_datasets(tenant)

@@ -16,7 +16,8 @@ from starlette.concurrency import run_in_threadpool
 from api_schemas import DistillationSpec, JobKind, JobList, JobOut, JobSpec, JobState, RepresentationSpec
 from api_schemas.common import ErrorResponse, ValidationErrorResponse
 from service.deps import DbDep, SettingsDep, TenantDep, get_queue
-from service.routes.common import get_job, page
+from service.errors import not_found
+from service.routes.common import AUTHENTICATED, WITH_BODY, Limit, Offset, get_job, page
 from service.serialize import job_out
 from service.validation import validate_distillation, validate_representation
 from storage import jobs as jobstate
@@ -25,7 +26,7 @@ from storage.models import Job, new_id
 from workers.dispatch import queue_for, send_job, task_id_for
 
 logger = logging.getLogger(__name__)
-router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses=AUTHENTICATED)
 
 CAPABILITIES_KEY = "bregkd:capabilities"
 
@@ -58,6 +59,7 @@ def dispatch(request: Request, settings, job: Job) -> None:
     responses={
         200: {"model": JobOut, "description": "A job with this Idempotency-Key and spec exists: that job"},
         409: {"model": ErrorResponse, "description": "The Idempotency-Key was used with another spec"},
+        **WITH_BODY,
         422: {"model": ValidationErrorResponse, "description": "The spec is invalid; `loc` names the field"},
     },
 )
@@ -80,7 +82,7 @@ def create_job(
     if isinstance(spec, RepresentationSpec):
         v = validate_representation(db, tenant, spec)
     else:
-        v = validate_distillation(db, tenant, spec, _capabilities(request))
+        v = validate_distillation(db, tenant, spec, _capabilities(request), settings.max_student_parameters)
     spec_json = spec.model_dump(mode="json")  # normalized by the validation (e.g. the transfer's name)
     if existing is not None:
         return _replay(existing, spec_json, idempotency_key, response)
@@ -129,8 +131,8 @@ def list_jobs(
     tenant: TenantDep,
     state: Annotated[JobState | None, Query(description="Only jobs in this state.")] = None,
     kind: Annotated[JobKind | None, Query(description="Only jobs of this kind.")] = None,
-    limit: Annotated[int, Query(ge=1, le=500)] = 50,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    limit: Limit = 50,
+    offset: Offset = 0,
 ):
     cond = [Job.tenant == tenant]
     if state:
@@ -178,7 +180,7 @@ async def job_events(request: Request, job_id: str, tenant: TenantDep, settings:
 
     job = await run_in_threadpool(load)
     if job is None or job.tenant != tenant:
-        raise HTTPException(404, f"job '{job_id}' not found")
+        raise not_found("job", job_id)
 
     async def stream():
         last = None

@@ -12,7 +12,10 @@ from api_schemas import LayerList, TeacherList, TeacherOut, TeacherStatus
 from api_schemas.common import ErrorResponse, ValidationErrorResponse
 from service.deps import BlobsDep, DbDep, SettingsDep, TenantDep, get_queue
 from service.errors import unprocessable
-from service.routes.common import active_jobs_using, get_teacher, page, release_blob
+from service.routes.common import (
+    AUTHENTICATED, INSPECTION_PENDING, NAME_LENGTH, WITH_BODY, Limit, Offset, active_jobs_using, error_responses, get_teacher, page,
+    release_blob, send_inspection,
+)
 from service.serialize import layer_outs, teacher_out
 from service.sniff import SniffError, manifest_required, sniff_teacher
 from service.uploads import receive_upload
@@ -20,7 +23,7 @@ from storage.db import session_factory
 from storage.models import Teacher, new_id
 from workers.dispatch import send_inspect_teacher
 
-router = APIRouter(prefix="/v1/teachers", tags=["teachers"])
+router = APIRouter(prefix="/v1/teachers", tags=["teachers"], responses=AUTHENTICATED)
 
 _UPLOAD_DOC = {
     "requestBody": {
@@ -61,8 +64,11 @@ def _parse_manifest(raw: str | None) -> dict | None:
     openapi_extra=_UPLOAD_DOC,
     responses={
         200: {"model": TeacherOut, "description": "The same file and manifest were uploaded before: that teacher"},
-        413: {"model": ErrorResponse, "description": "The file exceeds the upload limit"},
-        415: {"model": ErrorResponse, "description": "Not a multipart/form-data body"},
+        202: {"model": TeacherOut, "description": "Stored, but the inspection is not queued yet (the queue is "
+                                                   "unreachable); it is sent automatically: poll, do not upload again"},
+        **WITH_BODY,
+        **error_responses(415, 429),
+        413: {"model": ErrorResponse, "description": "The file exceeds the upload limit (BREGKD_MAX_UPLOAD_BYTES)"},
         422: {"model": ValidationErrorResponse, "description": "Unrecognized format, a pickle, or a bad manifest"},
     },
 )
@@ -71,9 +77,10 @@ async def upload_teacher(request: Request, response: Response, tenant: TenantDep
 
     The teacher starts ``inspecting``: a worker loads it and lists its layers; poll until ``ready``.
     """
-    async with receive_upload(
+    async with request.app.state.upload_slots.hold(tenant), receive_upload(
         request, blobs, max_bytes=settings.max_upload_bytes, max_field_bytes=settings.max_field_bytes,
-        chunk_bytes=settings.upload_chunk_bytes,
+        chunk_bytes=settings.upload_chunk_bytes, idle_timeout_s=settings.upload_idle_timeout_s,
+        min_rate_bytes_s=settings.upload_min_rate_bytes_s,
     ) as upload:
         try:
             fmt = await run_in_threadpool(sniff_teacher, upload.tmp_path)
@@ -86,7 +93,7 @@ async def upload_teacher(request: Request, response: Response, tenant: TenantDep
                 f"a {fmt} file holds weights only: send a manifest naming the architecture, "
                 'e.g. {"arch": "mlp", "args": {"in_features": 64, "hidden": [64], "num_classes": 10}}',
             )
-    name = upload.fields.get("name") or upload.filename
+    name = (upload.fields.get("name") or upload.filename or "")[:NAME_LENGTH] or None
 
     def record() -> tuple[Teacher, bool]:
         with session_factory(settings.resolved_database_url)() as db:
@@ -103,10 +110,11 @@ async def upload_teacher(request: Request, response: Response, tenant: TenantDep
             return t, True
 
     teacher, created = await run_in_threadpool(record)
-    if created:
-        await run_in_threadpool(send_inspect_teacher, get_queue(request), teacher.id)
-    else:
+    if not created:
         response.status_code = 200
+    elif not await run_in_threadpool(send_inspection, send_inspect_teacher, get_queue(request), teacher.id):
+        response.status_code = 202
+        return teacher_out(teacher, notice=INSPECTION_PENDING)
     return teacher_out(teacher)
 
 
@@ -115,8 +123,8 @@ def list_teachers(
     db: DbDep,
     tenant: TenantDep,
     status: Annotated[TeacherStatus | None, Query(description="Only teachers in this status.")] = None,
-    limit: Annotated[int, Query(ge=1, le=500)] = 50,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    limit: Limit = 50,
+    offset: Offset = 0,
 ):
     cond = [Teacher.tenant == tenant]
     if status:
