@@ -51,4 +51,7 @@ USER bregkd
 VOLUME ["/data"]
 EXPOSE 8000
 # The API; the worker overrides this with `celery -A workers.celery_app worker ...`.
-CMD ["uvicorn", "--factory", "service.app:create_app", "--host", "0.0.0.0", "--port", "8000"]
+# The timed h11 protocol closes connections whose headers or bodies stall (service/http_protocol.py);
+# the same flags as service.stack.UVICORN_LIMIT_FLAGS.
+CMD ["uvicorn", "--factory", "service.app:create_app", "--host", "0.0.0.0", "--port", "8000", \
+     "--http", "service.http_protocol:TimedH11Protocol", "--timeout-keep-alive", "5", "--h11-max-incomplete-event-size", "16384"]

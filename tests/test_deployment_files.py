@@ -341,3 +341,21 @@ def test_dockerfile_cmd_resolves():
 def test_the_command_check_catches_mistakes(argv):
     with pytest.raises((AssertionError, ImportError, AttributeError, pytest.fail.Exception)):
         check_command(argv)
+
+
+def _contains_run(argv: list[str], run: tuple[str, ...]) -> bool:
+    return any(tuple(argv[i:i + len(run)]) == run for i in range(len(argv) - len(run) + 1))
+
+
+def test_deployed_api_runs_the_timed_protocol_like_the_embedded_stack():
+    """Header and body timeouts live in the uvicorn protocol class: a deployment without the flags
+    would hold stalled connections forever (the stack's own tests run with them)."""
+    from service.stack import UVICORN_LIMIT_FLAGS
+
+    cmd = [json.loads(rest) for word, rest in _instructions() if word == "CMD"][-1]
+    assert _contains_run(cmd, UVICORN_LIMIT_FLAGS), cmd
+    assert _contains_run(COMPOSE["services"]["api"]["command"], UVICORN_LIMIT_FLAGS)
+    protocol = _importable_attr(UVICORN_LIMIT_FLAGS[1])
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    assert issubclass(protocol, H11Protocol)
