@@ -1,5 +1,5 @@
 """Fixtures of the end-to-end tests: one embedded stack (redis-server, a Celery worker, uvicorn)
-shared by the whole session, optionally on a throwaway PostgreSQL 15 server
+shared by the whole session, optionally on a throwaway PostgreSQL server
 (``BREGKD_TEST_DATABASE=postgresql``). Every process started here is stopped at the end, also
 when tests fail."""
 from __future__ import annotations
@@ -17,7 +17,16 @@ import pytest
 
 from service.stack import EmbeddedStack, free_port, stop_process
 
-PG_BIN = Path(os.environ.get("BREGKD_PG_BIN", "/usr/lib/postgresql/15/bin"))
+
+def _newest_pg_bin() -> Path:
+    """``BREGKD_PG_BIN``, else the newest ``/usr/lib/postgresql/<major>/bin`` that has initdb."""
+    if os.environ.get("BREGKD_PG_BIN"):
+        return Path(os.environ["BREGKD_PG_BIN"])
+    found = [p.parent for p in Path("/usr/lib/postgresql").glob("*/bin/initdb") if p.parent.parent.name.isdigit()]
+    return max(found, key=lambda b: int(b.parent.name), default=Path("/usr/lib/postgresql/15/bin"))
+
+
+PG_BIN = _newest_pg_bin()
 
 #: short timeouts so recovery is observable within seconds
 E2E_ENV = {
