@@ -113,6 +113,8 @@ class EmbeddedStack:
     queues : the queues the worker consumes.
     env : extra ``BREGKD_*`` (or other) environment variables for the worker and the API.
     ready_timeout : seconds to wait for ``/readyz``.
+    extra_workers : ``(pool, concurrency)`` of more worker processes started beside the main one
+        (scale-out); see :meth:`add_worker`.
     """
 
     def __init__(
@@ -128,6 +130,7 @@ class EmbeddedStack:
         env: dict[str, str] | None = None,
         ready_timeout: float = 90.0,
         api_host: str = "127.0.0.1",
+        extra_workers: tuple[tuple[str, int], ...] = (),
     ) -> None:
         self.data_dir = Path(data_dir).resolve()
         self.api_host = api_host
@@ -145,6 +148,9 @@ class EmbeddedStack:
         self.api_proc: subprocess.Popen | None = None
         self._worker_n = 0
         self.worker_name: str | None = None
+        #: workers started by :meth:`add_worker`, by name (same queues, database and blob directory)
+        self.extra_workers: dict[str, subprocess.Popen] = {}
+        self._extra_worker_specs = tuple(extra_workers)
 
     # -- addresses -------------------------------------------------------------------------
     @property
@@ -187,13 +193,16 @@ class EmbeddedStack:
 
         upgrade(self.database_url)
         self.start_worker()
+        for pool, concurrency in self._extra_worker_specs:
+            self.add_worker(pool, concurrency)
         self.start_api()
         self.wait_ready()
 
     def stop(self) -> None:
-        for proc in (self.api_proc, self.worker_proc, self.redis_proc):
+        for proc in (self.api_proc, *self.extra_workers.values(), self.worker_proc, self.redis_proc):
             stop_process(proc)
         self.api_proc = self.worker_proc = self.redis_proc = None
+        self.extra_workers = {}
 
     def _spawn(self, name: str, cmd: list[str]) -> subprocess.Popen:
         log = open(self.log_dir / f"{name}.log", "ab")
@@ -243,23 +252,39 @@ class EmbeddedStack:
         self.start_redis()
 
     # -- worker ----------------------------------------------------------------------------
-    def start_worker(self) -> None:
-        self._worker_n += 1
-        self.worker_name = f"bregkd{self._worker_n}-{uuid.uuid4().hex[:6]}"
-        cmd = [
+    def _worker_cmd(self, name: str, pool: str, concurrency: int) -> list[str]:
+        return [
             sys.executable, "-m", "celery", "-A", "workers.celery_app", "worker",
-            "--pool", self.worker_pool, "--concurrency", str(self.worker_concurrency),
-            "-Q", ",".join(self.queues), "--hostname", f"{self.worker_name}@%h",
+            "--pool", pool, "--concurrency", str(concurrency),
+            "-Q", ",".join(self.queues), "--hostname", f"{name}@%h",
             "--loglevel", "INFO", "--without-gossip", "--without-mingle",
         ]
-        self.worker_proc = self._spawn("worker", cmd)
 
-    def kill_worker(self, sig: int = signal.SIGKILL) -> None:
-        """Kill the worker's whole process group (default SIGKILL: no clean-up runs)."""
-        if self.worker_proc is not None and self.worker_proc.poll() is None:
-            os.killpg(self.worker_proc.pid, sig)
-            self.worker_proc.wait(timeout=30)
-        self.worker_proc = None
+    def _new_worker_name(self) -> str:
+        self._worker_n += 1
+        return f"bregkd{self._worker_n}-{uuid.uuid4().hex[:6]}"
+
+    def start_worker(self) -> None:
+        self.worker_name = self._new_worker_name()
+        self.worker_proc = self._spawn("worker", self._worker_cmd(self.worker_name, self.worker_pool, self.worker_concurrency))
+
+    def add_worker(self, pool: str = "solo", concurrency: int = 1) -> str:
+        """Start one more worker process beside the main one (scale-out): its own Celery hostname
+        and log (``logs/worker-<name>.log``), the same queues, database and blob directory.
+        Returns its name; :meth:`kill_worker`, :meth:`worker_pids` and :meth:`wait_ready` take it."""
+        name = self._new_worker_name()
+        self.extra_workers[name] = self._spawn(f"worker-{name}", self._worker_cmd(name, pool, concurrency))
+        return name
+
+    def kill_worker(self, sig: int = signal.SIGKILL, name: str | None = None) -> None:
+        """Kill a worker's whole process group (default SIGKILL: no clean-up runs); ``name``
+        picks a worker of :meth:`add_worker`, None the main one."""
+        proc = self.worker_proc if name is None else self.extra_workers.pop(name)
+        if proc is not None and proc.poll() is None:
+            os.killpg(proc.pid, sig)
+            proc.wait(timeout=30)
+        if name is None:
+            self.worker_proc = None
 
     def restart_worker(self, wait: bool = True) -> None:
         self.kill_worker(signal.SIGTERM)
@@ -267,14 +292,16 @@ class EmbeddedStack:
         if wait:
             self.wait_ready()
 
-    def worker_pids(self) -> list[int]:
-        """The worker's main process and its pool children (for tests that kill one)."""
-        if self.worker_proc is None:
+    def worker_pids(self, name: str | None = None) -> list[int]:
+        """A worker's main process and its pool children (for tests that kill one); ``name`` as
+        in :meth:`kill_worker`."""
+        proc = self.worker_proc if name is None else self.extra_workers.get(name)
+        if proc is None:
             return []
-        pids = [self.worker_proc.pid]
+        pids = [proc.pid]
         try:
-            out = subprocess.run(["pgrep", "-g", str(self.worker_proc.pid)], capture_output=True, text=True).stdout
-            pids += [int(p) for p in out.split() if int(p) != self.worker_proc.pid]
+            out = subprocess.run(["pgrep", "-g", str(proc.pid)], capture_output=True, text=True).stdout
+            pids += [int(p) for p in out.split() if int(p) != proc.pid]
         except FileNotFoundError:
             pass
         return pids
@@ -289,18 +316,21 @@ class EmbeddedStack:
         )
 
     def wait_ready(self, timeout: float | None = None) -> None:
-        """Wait until ``/readyz`` is green and lists the current worker (not a killed one's leftover
-        presence key)."""
+        """Wait until ``/readyz`` is green and lists every current worker (not a killed one's
+        leftover presence key)."""
         deadline = time.monotonic() + (timeout or self.ready_timeout)
         last = "no answer"
+        names = [self.worker_name, *self.extra_workers]
         while time.monotonic() < deadline:
-            for name, proc in (("api", self.api_proc), ("worker", self.worker_proc), ("redis", self.redis_proc)):
+            procs = [("api", self.api_proc), ("worker", self.worker_proc), ("redis", self.redis_proc)]
+            procs += [(f"worker-{n}", p) for n, p in self.extra_workers.items()]
+            for name, proc in procs:
                 if proc is None or proc.poll() is not None:
                     raise StackError(f"{name} exited during start-up:\n{self.log_tail(name)}")
             try:
                 r = httpx.get(f"{self.api_url}/readyz", timeout=2)
                 workers = r.json().get("workers", []) if r.status_code == 200 else []
-                if r.status_code == 200 and any(w.startswith(f"{self.worker_name}@") for w in workers):
+                if r.status_code == 200 and all(any(w.startswith(f"{n}@") for w in workers) for n in names):
                     return
                 last = r.text
             except httpx.HTTPError as exc:

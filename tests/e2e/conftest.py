@@ -18,14 +18,12 @@ import pytest
 from service.stack import EmbeddedStack, free_port, stop_process
 
 
-
 def _newest_pg_bin() -> Path:
-    """``BREGKD_PG_BIN``, else the newest ``/usr/lib/postgresql/<major>/bin`` (Debian 12 ships 15,
-    Debian 13 ships 17)."""
+    """``BREGKD_PG_BIN``, else the newest ``/usr/lib/postgresql/<major>/bin`` that has initdb."""
     if os.environ.get("BREGKD_PG_BIN"):
         return Path(os.environ["BREGKD_PG_BIN"])
-    found = [p for p in Path("/usr/lib/postgresql").glob("*/bin") if p.parent.name.isdigit()]
-    return max(found, key=lambda p: int(p.parent.name)) if found else Path("/usr/lib/postgresql/15/bin")
+    found = [p.parent for p in Path("/usr/lib/postgresql").glob("*/bin/initdb") if p.parent.parent.name.isdigit()]
+    return max(found, key=lambda b: int(b.parent.name), default=Path("/usr/lib/postgresql/15/bin"))
 
 
 PG_BIN = _newest_pg_bin()
