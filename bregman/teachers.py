@@ -417,7 +417,8 @@ def _check_state_dict(model: nn.Module, weights: SafetensorsHeader | Mapping[str
             "the weights do not match the manifest's architecture: " + "; ".join(parts)
             + f" (the architecture expects {len(expected)} tensors)"
         )
-    for key, (shape, is_float, dtype) in specs.items():
+    for key in (k for k in expected if k in specs):  # in the model's order: the first layer first
+        shape, is_float, dtype = specs[key]
         want = tuple(expected[key].shape)
         if shape != want:
             raise TeacherFormatError(

@@ -291,7 +291,7 @@ def _outcome(result: dict[str, Any] | None, status: int, peak: int, wall: float,
                           "too large, or built to be", peak)
         error_id = new_error_id()
         logger.error("%s: %s failed in its sandbox:\n%s", error_id, what, log_tail)
-        return _raise("internal", internal_message(error_id, what), peak, error_id)
+        return _raise("internal", internal_message(error_id, f"while {what}"), peak, error_id)
     # no result: the interpreter itself died
     sig = -os.waitstatus_to_exitcode(status) if os.WIFSIGNALED(status) else None
     if sig == signal.SIGXCPU:
