@@ -18,6 +18,7 @@ import torch
 from storage.blobs import BlobStore
 from storage.config import Settings
 from storage.models import Dataset, Teacher
+from workers.sandbox import dataset_summary  # noqa: F401  (the one definition; the sandbox child needs it light)
 
 _TEACHER_SUFFIX = {"pt2": ".pt2", "safetensors": ".safetensors", "state_dict": ".pt"}
 _DATASET_SUFFIX = {"npz": ".npz", "safetensors": ".safetensors"}
@@ -98,17 +99,6 @@ def load_dataset_record(settings: Settings, record: Dataset):
                        limits=_limits(settings))
         _VETTED.add(key)
     return load_dataset_file(path)
-
-
-def dataset_summary(ds: Any) -> dict[str, Any]:
-    """The record fields of a loaded data set."""
-    return {
-        "input_shape": [int(s) for s in ds.x_train.shape[1:]],
-        "num_classes": int(ds.num_classes) if ds.num_classes is not None else None,
-        "n_train": int(ds.x_train.shape[0]),
-        "n_test": int(ds.x_test.shape[0]) if ds.x_test is not None else 0,
-        "has_labels": ds.y_train is not None,
-    }
 
 
 def subsample(x: torch.Tensor, y: torch.Tensor | None, max_rows: int | None, seed: int):

@@ -57,6 +57,7 @@ __all__ = [
     "SandboxResult",
     "check_teacher_file",
     "client_message",
+    "dataset_summary",
     "inspect_dataset_file",
     "inspect_teacher_file",
     "new_error_id",
@@ -405,9 +406,19 @@ def check_teacher_file(path: str, manifest: Any = None) -> dict[str, Any]:
 def inspect_dataset_file(path: str) -> dict[str, Any]:
     """Load a data set: the record fields of an inspected data set."""
     from bregman.datasets import load_dataset_file
-    from workers.loading import dataset_summary
 
     return dataset_summary(load_dataset_file(path))
+
+
+def dataset_summary(ds: Any) -> dict[str, Any]:
+    """The record fields of a loaded data set."""
+    return {
+        "input_shape": [int(s) for s in ds.x_train.shape[1:]],
+        "num_classes": int(ds.num_classes) if ds.num_classes is not None else None,
+        "n_train": int(ds.x_train.shape[0]),
+        "n_test": int(ds.x_test.shape[0]) if ds.x_test is not None else 0,
+        "has_labels": ds.y_train is not None,
+    }
 
 
 if __name__ == "__main__":

@@ -5,7 +5,6 @@ end-to-end test). A file whose first 64 KB hold ``BREGKD-FAULT:<action>`` makes 
 - ``kill``: SIGKILL its own process (what the kernel's OOM killer does);
 - ``segv``: dereference a null pointer (a crashing native loader);
 - ``hang``: sleep for an hour (a loader that never ends);
-- ``alloc``: allocate 64 MiB blocks until memory runs out;
 - ``boom``: raise an unexpected error whose text holds a traceback and server paths;
 - ``vpath``: raise a user error (ValueError) whose text names a server path.
 
@@ -38,10 +37,6 @@ def fault(path) -> None:
         ctypes.string_at(0)
     if action.startswith(b"hang"):
         time.sleep(3600)
-    if action.startswith(b"alloc"):
-        blocks = []
-        while True:
-            blocks.append(bytearray(64 * 1024 * 1024))
     if action.startswith(b"boom"):
         raise RuntimeError(
             f"boom\nTraceback (most recent call last):\n  File \"{SECRET_PATH}\", line 1\n"
