@@ -191,7 +191,9 @@ def _read_result(path: Path) -> dict[str, Any] | None:
 def _child_env(limits: SandboxLimits) -> dict[str, str]:
     env = dict(os.environ)
     threads = str(max(1, limits.threads))
-    env.update(OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads, PYTHONUNBUFFERED="1",
+    # no GPU: loading and inspecting run on the CPU, and a CUDA context would reserve more address
+    # space than RLIMIT_AS leaves
+    env.update(OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads, PYTHONUNBUFFERED="1", CUDA_VISIBLE_DEVICES="",
                PYTHONPATH=os.pathsep.join(p for p in (str(_REPO_ROOT), env.get("PYTHONPATH", "")) if p))
     return env
 

@@ -91,3 +91,26 @@ def test_a_data_set_that_kills_its_sandbox_fails_alone(settings, tmp_path):
     row = _record(settings, Dataset, "ds_1")
     assert row.error.startswith("loading the data set crashed the process that loaded it (signal 9 (SIGKILL), err_")
     assert not any(bad in row.error for bad in FORBIDDEN) and row.inspect_attempts == 1
+
+
+def test_a_job_loads_a_file_in_process_only_after_a_sandbox_child_has(settings, tmp_path, monkeypatch):
+    from workers import loading, sandbox
+
+    _teacher(settings, tmp_path, "BREGKD-FAULT:kill")
+    record = _record(settings, Teacher, "tch_1")
+    with pytest.raises(sandbox.SandboxFailure, match="crashed the process that loaded it"):
+        loading.load_teacher_record(settings, record)
+    assert not any(key[1] == record.sha256 for key in loading._VETTED)
+
+    clean = tmp_path / "clean"
+    clean.mkdir()
+    with session_factory(settings.resolved_database_url)() as db:
+        db.delete(db.get(Teacher, "tch_1"))
+        db.commit()
+    _teacher(settings, clean, None)
+    record = _record(settings, Teacher, "tch_1")
+    teacher = loading.load_teacher_record(settings, record)
+    assert teacher.input_shape == (8,)
+    # vetted once per worker process: the next job loads it without another child
+    monkeypatch.setattr(sandbox, "run_in_sandbox", lambda *a, **k: pytest.fail("vetted twice"))
+    assert loading.load_teacher_record(settings, record).parameter_count == teacher.parameter_count
