@@ -65,6 +65,18 @@ def test_a_file_that_needs_more_memory_than_the_limit_fails_that_load_only(big_l
     assert load_dataset_file(big_legal_file).n_train == 20_000
 
 
+def test_a_decompression_bomb_ends_in_the_child(tmp_path, small_peak):
+    """A 200 KB .npz whose x_train inflates to 200 MB: refused by the archive checks where they
+    exist, else stopped by the memory limit; either way only the child paid for it."""
+    path = tmp_path / "bomb.npz"
+    np.savez_compressed(path, x_train=np.zeros((50_000, 1000), np.float32))
+    assert path.stat().st_size < 1024 * 1024
+    limit = small_peak + 96 * MiB
+    failure = _fail(path, SandboxLimits(memory_bytes=limit, time_s=120))
+    assert failure.kind in ("memory", "invalid"), failure
+    assert failure.peak_rss_bytes < limit + 64 * MiB
+
+
 def test_a_load_past_the_deadline_is_killed(big_legal_file):
     failure = _fail(big_legal_file, SandboxLimits(memory_bytes=2048 * MiB, time_s=0.5))
     assert failure.kind == "time"
