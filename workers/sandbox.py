@@ -134,7 +134,7 @@ class SandboxFailure(Exception):
 
 
 # ------------------------------------------------------------------------ client-safe text
-_PATH = re.compile(r"(?<![\w.~])(?:[A-Za-z]:)?/(?:[\w.@+~-]+/)+[\w.@+~-]*")
+_PATH = re.compile(r"(?<![\w.~:/])/(?:[\w.@+~-]+/)+[\w.@+~-]*")  # /a/b...; not URLs, not "x / 255"
 _PACKAGE_PATH = re.compile(r"[\w.@+~/-]*(?:site-packages|dist-packages)[\w.@+~/-]*")
 
 

@@ -117,6 +117,7 @@ def test_client_message_and_public_error(caplog):
         "scale images yourself, e.g. x.astype('float32') / 255"
     assert client_message("re-save it:\nimport torch\nep = 1") == "re-save it:; import torch; ep = 1"
     assert client_message("lib/python3.11/site-packages/torch/x.py failed") == "<path> failed"
+    assert client_message("see https://pytorch.org/docs/export.html") == "see https://pytorch.org/docs/export.html"
     assert client_message('Traceback (most recent call last):\n  File "x.py"') is None
     assert public_error(ValueError("bad weight in /work/main/a/b.py"), "while x") == "bad weight in <path>"
     caplog.set_level(logging.ERROR, logger="workers.sandbox")
