@@ -25,6 +25,13 @@ The manifest::
 input shape (optional for an MLP, whose ``in_features`` implies it), ``name``, ``description``,
 ``num_classes`` and ``dataset`` are optional and informational. Format is detected from the
 content (:func:`detect_format`), never from the file name.
+
+A manifest costs nothing until it has been checked: its model is first built on the meta device
+(shapes only) to count its parameters against ``max_parameters`` (``BREGKD_MAX_TEACHER_PARAMETERS``,
+200 M by default) and to run its input shape through it; then its state dict's names, shapes and
+dtypes are compared with the weights' (for safetensors, from the header vetted by
+:mod:`bregman._safetensors_guard`, before any tensor is read); only then is memory allocated for the
+model and filled one weight at a time.
 """
 from __future__ import annotations
 

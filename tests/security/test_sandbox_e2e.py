@@ -18,7 +18,7 @@ from tests.e2e.conftest import E2E_ENV, _client
 pytestmark = pytest.mark.e2e
 
 #: long enough that the job is still running when the killer teacher's inspection ends
-EPOCHS = 12
+EPOCHS = 25
 MANIFEST = {"arch": "mlp", "args": {"in_features": 64, "hidden": [16], "num_classes": 10}}
 
 
