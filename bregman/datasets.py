@@ -171,6 +171,43 @@ def _read_arrays(path: Path) -> dict[str, np.ndarray]:
     raise DatasetError("file", "unrecognised data set file", expected=".npz (numpy.savez) or .safetensors with x, y, split")
 
 
+_ARRAY_NAMES = ({"x", "y", "split"}, {"x_train", "y_train", "x_test", "y_test"})
+
+
+def _is_safetensors(path: Path) -> bool:
+    with path.open("rb") as fh:
+        head = fh.read(9)
+    if len(head) < 9 or head[8:9] != b"{":
+        return False
+    (n,) = struct.unpack("<Q", head[:8])
+    return 2 <= n <= path.stat().st_size - 8
+
+
+def _read_safetensors_arrays(path: Path) -> dict[str, np.ndarray]:
+    """The arrays of a safetensors data set, read only after the header proved consistent with the
+    file and named only arrays we use, with the dtypes they need (nothing read before that)."""
+    from bregman._safetensors_guard import SafetensorsHeaderError, iter_tensors, read_header
+
+    try:
+        header = read_header(path)
+    except SafetensorsHeaderError as exc:
+        raise DatasetError("file", f"the safetensors file cannot be used: {exc}") from None
+    names = set(header.tensors)
+    if not any(names <= allowed for allowed in _ARRAY_NAMES):
+        raise DatasetError("file", f"unexpected arrays {sorted(n[:80] for n in names)[:10]}",
+                           expected="x, optional y and split; or x_train, y_train, x_test, y_test")
+    for name, entry in header.tensors.items():
+        if name.startswith("x") and not entry.is_floating_point:
+            raise DatasetError(name, f"inputs have dtype {entry.dtype}; expected floating point (float32). Convert and "
+                               "scale integer images yourself, e.g. x.astype('float32') / 255", expected="float32")
+        if name.startswith(("y", "split")) and (entry.is_floating_point or len(entry.shape) != 1):
+            raise DatasetError(name, f"has dtype {entry.dtype} and shape {list(entry.shape)}", expected="integers, shape (N,)")
+    try:
+        return dict(iter_tensors(header, framework="np"))
+    except Exception as exc:  # safetensors' own reader
+        raise DatasetError("file", f"cannot read the safetensors file: {str(exc)[:300]}") from None
+
+
 def _as_inputs(field: str, arr: np.ndarray) -> torch.Tensor:
     if arr.dtype.kind != "f":
         raise DatasetError(
@@ -205,7 +242,7 @@ def load_dataset_file(path: str | os.PathLike, name: str | None = None) -> Datas
     path = Path(path)
     if not path.is_file():
         raise DatasetError("file", f"{str(path)!r} does not exist")
-    arrays = _read_arrays(path)
+    arrays = _read_safetensors_arrays(path) if _is_safetensors(path) else _read_arrays(path)
     name = name or path.stem
     if "x_train" in arrays:
         unknown = sorted(set(arrays) - {"x_train", "y_train", "x_test", "y_test"})

@@ -19,6 +19,12 @@ and the ResNets take ``(B, C, H, W)``.
 
 ``build_model_from_manifest`` validates the ``{"arch": ..., "args": {...}}`` part of a teacher
 manifest (unknown architecture, unknown or missing arguments) with :class:`ManifestError`.
+
+A manifest comes from a user, so its size is known before any memory is spent on it:
+:func:`build_model` refuses more than :data:`MAX_LAYERS` layers (``hidden``/``channels``
+entries, ResNet/WRN depth) and, with ``device="meta"``, builds the module without allocating a
+single weight (every parameter is a shape only), so the parameter count and the state dict's
+names and shapes can be compared with a limit and with the uploaded weights first.
 """
 from __future__ import annotations
 
@@ -35,6 +41,7 @@ __all__ = [
     "build_model",
     "build_model_from_manifest",
     "count_parameters",
+    "MAX_LAYERS",
     "make_activation",
 ]
 
@@ -398,28 +405,61 @@ def _check_args(arch: str, builder: Callable[..., nn.Module], args: dict[str, An
         raise ManifestError(f"architecture {arch!r} needs argument(s) {missing}")
 
 
-def build_model(arch: str, **kwargs: Any) -> nn.Module:
+#: most layers a manifest may ask for: entries of ``hidden`` / ``channels`` and the depth of a
+#: ResNet or WRN (resnet1202, the deepest in the literature, is the largest we allow). Bounds the
+#: time to build even a weightless (meta) model: about 50 us per module.
+MAX_LAYERS = 1202
+
+
+def _check_size_args(arch: str, args: dict[str, Any]) -> None:
+    for key in ("hidden", "channels", "activation"):
+        value = args.get(key)
+        if isinstance(value, (list, tuple)) and len(value) > MAX_LAYERS:
+            raise ManifestError(f"{key} lists {len(value)} layers; at most {MAX_LAYERS} are allowed")
+    depth = args.get("depth")
+    if isinstance(depth, int) and depth > MAX_LAYERS:
+        raise ManifestError(f"depth {depth} is above the limit of {MAX_LAYERS}")
+
+
+def _short(value: Any, limit: int = 200) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + " ..."
+
+
+def build_model(arch: str, *, device: str | torch.device | None = None, **kwargs: Any) -> nn.Module:
     """Build a registry architecture with its arguments, in eval mode.
+
+    Parameters
+    ----------
+    device : None, "cpu", "meta", ...
+        Where the parameters are created; ``"meta"`` allocates none (shapes only), for checking a
+        manifest's size and state-dict layout before paying for it.
 
     Raises
     ------
     ManifestError
-        Unknown architecture (the message lists the known ones) or arguments it does not take.
+        Unknown architecture (the message lists the known ones), arguments it does not take, or
+        more than :data:`MAX_LAYERS` layers.
     """
     builder = ARCHITECTURES.get(arch)
     if builder is None:
         raise ManifestError(f"unknown architecture {arch!r}; known architectures: {sorted(ARCHITECTURES)}")
     _check_args(arch, builder, kwargs)
+    _check_size_args(arch, kwargs)
     try:
-        model = builder(**kwargs)
+        if device is None:
+            model = builder(**kwargs)
+        else:
+            with torch.device(device):
+                model = builder(**kwargs)
     except ManifestError:
         raise
-    except (TypeError, ValueError) as exc:  # e.g. a list where an int belongs
-        raise ManifestError(f"architecture {arch!r} cannot be built from args {kwargs}: {exc}") from exc
+    except (TypeError, ValueError, RuntimeError, OverflowError) as exc:  # e.g. a list where an int belongs
+        raise ManifestError(f"architecture {arch!r} cannot be built from args {_short(kwargs)}: {_short(exc)}") from None
     return model.eval()
 
 
-def build_model_from_manifest(manifest: dict[str, Any]) -> nn.Module:
+def build_model_from_manifest(manifest: dict[str, Any], device: str | torch.device | None = None) -> nn.Module:
     """Build the model a manifest ``{"arch": ..., "args": {...}, ...}`` names (other keys ignored here)."""
     if not isinstance(manifest, dict):
         raise ManifestError(f"a manifest must be a JSON object, got {type(manifest).__name__}")
@@ -428,7 +468,7 @@ def build_model_from_manifest(manifest: dict[str, Any]) -> nn.Module:
     args = manifest.get("args", {})
     if not isinstance(args, dict):
         raise ManifestError(f"manifest 'args' must be a JSON object, got {type(args).__name__}")
-    return build_model(manifest["arch"], **args)
+    return build_model(manifest["arch"], device=device, **args)
 
 
 def default_input_shape(arch: str, args: dict[str, Any]) -> tuple[int, ...] | None:

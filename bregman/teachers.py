@@ -25,6 +25,13 @@ The manifest::
 input shape (optional for an MLP, whose ``in_features`` implies it), ``name``, ``description``,
 ``num_classes`` and ``dataset`` are optional and informational. Format is detected from the
 content (:func:`detect_format`), never from the file name.
+
+A manifest costs nothing until it has been checked: its model is first built on the meta device
+(shapes only) to count its parameters against ``max_parameters`` (``BREGKD_MAX_TEACHER_PARAMETERS``,
+200 M by default) and to run its input shape through it; then its state dict's names, shapes and
+dtypes are compared with the weights' (for safetensors, from the header vetted by
+:mod:`bregman._safetensors_guard`, before any tensor is read); only then is memory allocated for the
+model and filled one weight at a time.
 """
 from __future__ import annotations
 
@@ -41,6 +48,7 @@ import torch
 from torch import nn
 
 from bregman._pt2_guard import UnsafeArchiveError, load_pt2_safely
+from bregman._safetensors_guard import SafetensorsHeader, SafetensorsHeaderError, iter_tensors, read_header
 from bregman.models import (
     ARCHITECTURES,
     ManifestError,
@@ -56,6 +64,8 @@ __all__ = [
     "detect_format",
     "load_teacher",
     "validate_manifest",
+    "max_teacher_parameters",
+    "DEFAULT_MAX_PARAMETERS",
     "FORMATS",
     "PT2_RECIPE",
     "save_pt2",
@@ -80,6 +90,18 @@ _RESAVE_HELP = (
 )
 
 _MANIFEST_KEYS = {"arch", "args", "input_shape", "name", "description", "num_classes", "dataset"}
+
+#: default bound on the parameters of a manifest's model (``BREGKD_MAX_TEACHER_PARAMETERS``).
+#: The largest registry network, WRN-28-10, has 36.5 M; 200 M leaves five times that and keeps
+#: the built model at 800 MB of float32, a third of the default 2 GiB upload limit's worth of
+#: weights, so a 10 KB manifest can never ask for more memory than a real upload could bring.
+DEFAULT_MAX_PARAMETERS = 200_000_000
+#: values of one input example (3 x 2048 x 2048 fits); the meta forward pass checks the rest
+MAX_INPUT_VALUES = 2**24
+#: values all layers of the model output for one example (the forward pass's working set)
+MAX_ACTIVATION_VALUES = 2**28
+#: largest manifest text accepted (a real one is a few hundred bytes)
+MAX_MANIFEST_CHARS = 1024 * 1024
 
 # legacy (non-zip) torch.save streams start with the pickled magic number 0x1950a86a20f9469cfc6c
 _LEGACY_TORCH_MAGIC = b"\x80\x02\x8a\x0a\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8\x50\x19"
@@ -164,61 +186,151 @@ def _check_input_shape(shape: Any) -> tuple[int, ...]:
     return tuple(int(s) for s in shape)
 
 
-def validate_manifest(manifest: Mapping[str, Any]) -> dict[str, Any]:
-    """Check a manifest and return it normalized (``args`` present, ``input_shape`` filled in).
+def max_teacher_parameters() -> int:
+    """The parameter limit of manifest models: ``BREGKD_MAX_TEACHER_PARAMETERS`` or 200 M."""
+    raw = os.environ.get("BREGKD_MAX_TEACHER_PARAMETERS", "").strip()
+    try:
+        value = int(raw) if raw else DEFAULT_MAX_PARAMETERS
+    except ValueError:
+        log.warning("BREGKD_MAX_TEACHER_PARAMETERS=%r is not an integer; using %d", raw, DEFAULT_MAX_PARAMETERS)
+        return DEFAULT_MAX_PARAMETERS
+    return max(1, value)
 
-    Raises
-    ------
-    TeacherFormatError
-        Unknown keys, unknown architecture (the message lists the known ones), bad arguments,
-        missing or malformed ``input_shape``.
-    """
+
+def _names(names: list[str], limit: int = 10) -> str:
+    shown = [n[:80] for n in names[:limit]]
+    return f"{shown}" + (f" and {len(names) - limit} more" if len(names) > limit else "")
+
+
+def _normalize_manifest(manifest: Mapping[str, Any]) -> dict[str, Any]:
     if not isinstance(manifest, Mapping):
         raise TeacherFormatError(f"the manifest must be a JSON object, got {type(manifest).__name__}")
-    extra = sorted(set(manifest) - _MANIFEST_KEYS)
+    extra = sorted(str(k) for k in set(manifest) - _MANIFEST_KEYS)
     if extra:
-        raise TeacherFormatError(f"manifest has unknown key(s) {extra}; allowed keys: {sorted(_MANIFEST_KEYS)}")
+        raise TeacherFormatError(f"manifest has unknown key(s) {_names(extra)}; allowed keys: {sorted(_MANIFEST_KEYS)}")
     arch = manifest.get("arch")
     if arch is None:
         raise TeacherFormatError(f"manifest needs 'arch', one of the known architectures: {sorted(ARCHITECTURES)}")
-    if arch not in ARCHITECTURES:
-        raise TeacherFormatError(f"manifest 'arch' {arch!r} is unknown; known architectures: {sorted(ARCHITECTURES)}")
+    if not isinstance(arch, str) or arch not in ARCHITECTURES:
+        raise TeacherFormatError(
+            f"manifest 'arch' {str(arch)[:80]!r} is unknown; known architectures: {sorted(ARCHITECTURES)}")
     args = manifest.get("args", {})
     if not isinstance(args, dict):
         raise TeacherFormatError(f"manifest 'args' must be a JSON object, got {type(args).__name__}")
     shape = manifest.get("input_shape")
     if shape is None:
-        shape = default_input_shape(arch, args)
+        try:
+            shape = default_input_shape(arch, args)
+        except (TypeError, ValueError):
+            shape = None
         if shape is None:
             raise TeacherFormatError(
                 f"manifest needs 'input_shape' (per-example, without the batch dimension) for arch {arch!r}, "
                 "e.g. [3, 32, 32]"
             )
+    shape = _check_input_shape(shape)
+    values = 1
+    for s in shape:
+        values *= s
+    if values > MAX_INPUT_VALUES:
+        raise TeacherFormatError(
+            f"input_shape {list(shape)[:8]} has {values} values per example; at most {MAX_INPUT_VALUES} are accepted")
     out = dict(manifest)
     out["args"] = dict(args)
-    out["input_shape"] = list(_check_input_shape(shape))
+    out["input_shape"] = list(shape)
     return out
 
 
+def _meta_model(manifest: dict[str, Any], max_parameters: int | None) -> tuple[nn.Module, int]:
+    """The manifest's model on the meta device (no memory), its parameter count checked against the
+    limit and a forward pass of its input shape (also on meta) checked for shape errors and size."""
+    limit = max_teacher_parameters() if max_parameters is None else int(max_parameters)
+    try:
+        model = build_model_from_manifest(manifest, device="meta")
+    except ManifestError as exc:
+        raise TeacherFormatError(str(exc)) from None
+    n_params = count_parameters(model)
+    if n_params > limit:
+        raise TeacherFormatError(
+            f"arch {manifest['arch']!r} with these args has {n_params:,} parameters, more than the limit of "
+            f"{limit:,} (BREGKD_MAX_TEACHER_PARAMETERS); use a smaller architecture"
+        )
+    sizes: list[int] = []
+    hooks = [m.register_forward_hook(lambda _m, _i, out: sizes.append(out.numel() // 2 if isinstance(out, torch.Tensor) else 0))
+             for m in model.modules() if not list(m.children())]
+    shape = tuple(manifest["input_shape"])
+    try:
+        with torch.no_grad():
+            model(torch.empty((2, *shape), device="meta"))
+    except (RuntimeError, ValueError, TypeError, IndexError) as exc:
+        first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+        raise TeacherFormatError(
+            f"arch {manifest['arch']!r} with args {str(manifest['args'])[:200]} does not accept inputs of input_shape "
+            f"{list(shape)}: {first}"
+        ) from None
+    finally:
+        for h in hooks:
+            h.remove()
+    if sum(sizes) > MAX_ACTIVATION_VALUES:
+        raise TeacherFormatError(
+            f"one input example of shape {list(shape)} makes the layers output {sum(sizes):,} values, more than the "
+            f"limit of {MAX_ACTIVATION_VALUES:,}; use smaller inputs or a smaller architecture"
+        )
+    return model, n_params
+
+
+def validate_manifest(manifest: Mapping[str, Any], max_parameters: int | None = None) -> dict[str, Any]:
+    """Check a manifest and return it normalized (``args`` present, ``input_shape`` filled in).
+
+    Costs no memory: the model is built on the meta device (shapes only) to count its parameters
+    and to run its input shape through it.
+
+    Parameters
+    ----------
+    max_parameters : int or None
+        Most parameters the model may have; None reads :func:`max_teacher_parameters`.
+
+    Raises
+    ------
+    TeacherFormatError
+        Unknown keys, unknown architecture (the message lists the known ones), bad arguments,
+        missing or malformed ``input_shape``, more parameters than the limit, an input shape the
+        model does not accept.
+    """
+    out = _normalize_manifest(manifest)
+    _meta_model(out, max_parameters)
+    return out
+
+
+def _parse_manifest_text(text: str) -> dict[str, Any]:
+    if len(text) > MAX_MANIFEST_CHARS:
+        raise TeacherFormatError(f"the manifest has {len(text)} characters; at most {MAX_MANIFEST_CHARS} are accepted")
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise TeacherFormatError(f"the manifest is not valid JSON: {exc.msg} at position {exc.pos}") from None
+    except (ValueError, RecursionError) as exc:
+        raise TeacherFormatError(f"the manifest is not usable JSON: {str(exc)[:200]}") from None
+    if not isinstance(value, dict):
+        raise TeacherFormatError("the manifest must be a JSON object")
+    return value
+
+
 def _read_manifest(manifest: Any) -> dict[str, Any] | None:
+    """A manifest given as a dict, as JSON text or as the path of a JSON file (caller's own files
+    only: text that comes with an upload is parsed by :func:`_parse_manifest_text`, never opened)."""
     if manifest is None or isinstance(manifest, Mapping):
         return None if manifest is None else dict(manifest)
     if isinstance(manifest, str) and not manifest.strip():
         return None
     if isinstance(manifest, str) and manifest.lstrip().startswith("{"):
-        text = manifest
-    else:
-        path = Path(manifest)
-        if not path.is_file():
-            raise TeacherFormatError(f"manifest file {str(path)!r} does not exist")
-        text = path.read_text()
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise TeacherFormatError(f"the manifest is not valid JSON: {exc}") from exc
-    if not isinstance(value, dict):
-        raise TeacherFormatError("the manifest must be a JSON object")
-    return value
+        return _parse_manifest_text(manifest)
+    path = Path(manifest)
+    if not path.is_file():
+        raise TeacherFormatError(f"manifest file {str(path)!r} does not exist")
+    if path.stat().st_size > MAX_MANIFEST_CHARS * 4:
+        raise TeacherFormatError(f"the manifest file has {path.stat().st_size} bytes; a manifest is a small JSON object")
+    return _parse_manifest_text(path.read_text())
 
 
 def _safetensors_header(head: bytes, size: int) -> dict[str, Any] | None:
@@ -280,54 +392,84 @@ def detect_format(path: str | os.PathLike) -> str:
     )
 
 
-def _check_state_dict(model: nn.Module, weights: Mapping[str, Any]) -> dict[str, torch.Tensor]:
-    """Match weights to the model's state dict, naming missing/extra keys and shape mismatches."""
-    bad = sorted(k for k, v in weights.items() if not isinstance(v, torch.Tensor))
+# one weight as the checks see it: (shape, is floating point, dtype name)
+_Spec = tuple[tuple[int, ...], bool, str]
+
+
+def _weight_specs(weights: SafetensorsHeader | Mapping[str, Any]) -> dict[str, _Spec]:
+    """Names, shapes and dtypes of the weights, from a vetted safetensors header or a state dict."""
+    if isinstance(weights, SafetensorsHeader):
+        return {n: (e.shape, e.is_floating_point, e.dtype) for n, e in weights.tensors.items()}
+    bad = sorted(str(k) for k, v in weights.items() if not isinstance(v, torch.Tensor))
     if bad:
-        raise TeacherFormatError(f"the weights hold non-tensor entries: {bad[:10]}")
+        raise TeacherFormatError(f"the weights hold non-tensor entries: {_names(bad)}")
+    return {str(k): (tuple(v.shape), v.is_floating_point(), str(v.dtype)) for k, v in weights.items()}
+
+
+def _check_state_dict(model: nn.Module, weights: SafetensorsHeader | Mapping[str, Any]) -> dict[str, _Spec]:
+    """Match the weights' names, shapes and dtypes to the model's state dict (``model`` may live on
+    the meta device: only shapes are compared), naming missing/extra keys and mismatches."""
+    specs = _weight_specs(weights)
     expected = model.state_dict()
     optional = {k for k in expected if k.endswith("num_batches_tracked")}
-    missing = sorted(set(expected) - set(weights) - optional)
-    extra = sorted(set(weights) - set(expected))
+    missing = sorted(set(expected) - set(specs) - optional)
+    extra = sorted(set(specs) - set(expected))
     if missing or extra:
         parts = []
         if missing:
-            parts.append(f"missing weights {missing}")
+            parts.append(f"missing weights {_names(missing)}")
         if extra:
-            parts.append(f"unexpected weights {extra}")
+            parts.append(f"unexpected weights {_names(extra)}")
         raise TeacherFormatError(
             "the weights do not match the manifest's architecture: " + "; ".join(parts)
             + f" (the architecture expects {len(expected)} tensors)"
         )
-    for key, value in weights.items():
+    for key in (k for k in expected if k in specs):  # in the model's order: the first layer first
+        shape, is_float, dtype = specs[key]
         want = tuple(expected[key].shape)
-        if tuple(value.shape) != want:
+        if shape != want:
             raise TeacherFormatError(
-                f"weight {key!r} has shape {tuple(value.shape)} but the architecture expects {want}"
+                f"weight {key!r} has shape {shape} but the architecture expects {want}"
             )
-        if not (value.is_floating_point() or key in optional):
-            raise TeacherFormatError(f"weight {key!r} has dtype {value.dtype}; expected a floating-point tensor")
-    return dict(weights)
+        if not (is_float or key in optional):
+            raise TeacherFormatError(f"weight {key!r} has dtype {dtype}; expected a floating-point tensor")
+    return specs
 
 
-def _from_manifest(manifest: dict[str, Any], weights: Mapping[str, Any], fmt: str) -> Teacher:
-    manifest = validate_manifest(manifest)
-    try:
-        model = build_model_from_manifest(manifest)
-    except ManifestError as exc:
-        raise TeacherFormatError(str(exc)) from exc
-    model.load_state_dict(_check_state_dict(model, weights), strict=False)
-    model.eval()
-    shape = tuple(manifest["input_shape"])
+def _weight_items(weights: SafetensorsHeader | Mapping[str, Any]):
+    if isinstance(weights, SafetensorsHeader):
+        return iter_tensors(weights, framework="pt")
+    return iter(weights.items())
+
+
+def _from_manifest(manifest: dict[str, Any], weights: SafetensorsHeader | Mapping[str, Any], fmt: str,
+                   max_parameters: int | None = None) -> Teacher:
+    """Build a registry teacher from checked weights, paying for the model only after every cheap check.
+
+    Order: the manifest (keys, arch, input shape); the model on the meta device (parameter count
+    against the limit, a meta forward pass of the input shape); the weights' names, shapes and
+    dtypes against the meta model's state dict (from the safetensors header: no tensor read yet);
+    then memory for the model, filled one weight at a time.
+    """
+    manifest = _normalize_manifest(manifest)
+    model, n_params = _meta_model(manifest, max_parameters)
+    specs = _check_state_dict(model, weights)
+    model = model.to_empty(device="cpu")
+    state = model.state_dict()
     try:
         with torch.no_grad():
-            model(torch.zeros((2, *shape)))
-    except RuntimeError as exc:
-        raise TeacherFormatError(
-            f"arch {manifest['arch']!r} with args {manifest['args']} does not accept inputs of input_shape "
-            f"{list(shape)}: {exc}"
-        ) from exc
-    return Teacher(model, fmt, shape, manifest, count_parameters(model))
+            for name, tensor in _weight_items(weights):
+                state[name].copy_(tensor)
+                del tensor
+            for name in set(state) - set(specs):  # only num_batches_tracked may be absent
+                state[name].zero_()
+    except TeacherFormatError:
+        raise
+    except Exception as exc:  # safetensors' own reader, an exotic dtype
+        raise TeacherFormatError(f"cannot read the weights: {str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__}") from None
+    model.eval()
+    shape = tuple(manifest["input_shape"])
+    return Teacher(model, fmt, shape, manifest, n_params)
 
 
 def _load_state_dict_file(path: Path) -> dict[str, torch.Tensor]:
@@ -391,7 +533,7 @@ def _load_pt2(path: Path) -> Teacher:
     return Teacher(module, "pt2", shape, {"input_shape": list(shape)}, count_parameters(module), program=program)
 
 
-def load_teacher(path: str | os.PathLike, manifest: Any = None) -> Teacher:
+def load_teacher(path: str | os.PathLike, manifest: Any = None, max_parameters: int | None = None) -> Teacher:
     """Load a teacher from a ``.pt2`` program, safetensors weights or a ``torch.save`` state_dict.
 
     Parameters
@@ -401,6 +543,9 @@ def load_teacher(path: str | os.PathLike, manifest: Any = None) -> Teacher:
     manifest : dict, JSON text, path to a JSON file, or None
         Required for weights (safetensors / state_dict), unless a safetensors file carries it in
         its metadata under ``"manifest"``. Ignored for ``.pt2`` programs except ``name``.
+    max_parameters : int or None
+        Most parameters a manifest's model may have (None: :func:`max_teacher_parameters`);
+        checked before any memory is spent on the model.
 
     Returns
     -------
@@ -426,17 +571,12 @@ def load_teacher(path: str | os.PathLike, manifest: Any = None) -> Teacher:
             teacher.manifest["name"] = man["name"]
         return teacher
     if fmt == "safetensors":
-        from safetensors import SafetensorError, safe_open
-        from safetensors.torch import load_file
-
         try:
-            with safe_open(str(path), framework="pt") as fh:
-                metadata = fh.metadata() or {}
-            weights = load_file(str(path), device="cpu")
-        except (SafetensorError, OSError, ValueError) as exc:
-            raise TeacherFormatError(f"cannot read the safetensors file: {exc}") from exc
-        if man is None and "manifest" in metadata:
-            man = _read_manifest(metadata["manifest"])
+            weights = read_header(path)
+        except SafetensorsHeaderError as exc:
+            raise TeacherFormatError(f"the safetensors file cannot be used: {exc}") from None
+        if man is None and "manifest" in weights.metadata:
+            man = _parse_manifest_text(weights.metadata["manifest"])  # text, never a path
     else:
         weights = _load_state_dict_file(path)
     if man is None:
@@ -445,7 +585,7 @@ def load_teacher(path: str | os.PathLike, manifest: Any = None) -> Teacher:
             '{"arch": "mlp", "args": {"in_features": 64, "hidden": [32], "num_classes": 10}, "input_shape": [64]}; '
             f"known architectures: {sorted(ARCHITECTURES)}"
         )
-    return _from_manifest(man, weights, fmt)
+    return _from_manifest(man, weights, fmt, max_parameters)
 
 
 def save_pt2(teacher: Teacher | nn.Module, path: str | os.PathLike, input_shape: tuple[int, ...] | None = None) -> Path:

@@ -1,11 +1,16 @@
 """The Celery tasks. Thin: claim the record, call the job module, store artifacts, end the record.
 
 - ``bregkd.inspect_teacher(teacher_id)``: load an uploaded teacher (weights-only, never
-  unpickled) and list its layers into the record (status ``ready`` or ``failed``).
-- ``bregkd.inspect_dataset(dataset_id)``: load an uploaded data set and record its shapes.
+  unpickled) in a sandbox child (:mod:`workers.sandbox`: memory and time limits) and list its
+  layers into the record (status ``ready`` or ``failed``).
+- ``bregkd.inspect_dataset(dataset_id)``: the same for an uploaded data set, recording its shapes.
 - ``bregkd.run_job(job_id, expected_attempts)``: run a representation or distillation job
   (see :mod:`workers.representation` and :mod:`workers.distillation` for their artifacts and
   report dicts).
+
+Every error stored on a record is one line a user can act on: the library's input errors and the
+sandbox's limits as they are (server paths replaced), anything else as "internal error err_<id>
+..." with the traceback in the worker's log under that id (:func:`workers.sandbox.public_error`).
 
 At worker start (``worker_ready``) the built-in data sets and the worker's capabilities
 (architectures, transfers) are recorded, and the housekeeping thread (presence key for
@@ -16,7 +21,6 @@ from __future__ import annotations
 import json
 import logging
 import shutil
-import traceback
 from pathlib import Path
 from typing import Any
 
@@ -30,9 +34,16 @@ from storage.db import session_factory
 from storage.models import Dataset, Job, Teacher, utcnow
 from workers.artifacts import store_artifacts
 from workers.celery_app import TASK_INSPECT_DATASET, TASK_INSPECT_TEACHER, TASK_RUN_JOB, app
-from workers.loading import dataset_summary, load_dataset_record, load_teacher_record
+from workers.loading import (
+    dataset_summary,
+    inspect_dataset_record,
+    inspect_teacher_record,
+    load_dataset_record,
+    load_teacher_record,
+)
 from workers.recovery import CAPABILITIES_KEY, Housekeeper
 from workers.runtime import BudgetExceeded, JobCancelled, JobRun, worker_name
+from workers.sandbox import public_error
 
 logger = logging.getLogger(__name__)
 
@@ -41,11 +52,6 @@ _housekeeper: Housekeeper | None = None
 
 def _settings() -> Settings:
     return getattr(app.conf, "bregkd_settings", None) or get_settings()
-
-
-def _short_error(exc: BaseException) -> str:
-    text = str(exc).strip() or type(exc).__name__
-    return text if len(text) < 4000 else text[:4000] + " ..."
 
 
 # ---------------------------------------------------------------------------------- start-up
@@ -64,7 +70,7 @@ def register_builtins(settings: Settings) -> list[str]:
                 summary = dataset_summary(load_builtin(name))
                 status, error = "ready", None
             except Exception as exc:  # e.g. scikit-learn missing on this worker
-                summary, status, error = {}, "failed", _short_error(exc)
+                summary, status, error = {}, "failed", public_error(exc, "while loading the built-in data set")
             if row is None:
                 row = Dataset(id=name, tenant=None, name=name, builtin=True)
                 db.add(row)
@@ -127,33 +133,16 @@ def inspect_teacher(teacher_id: str) -> str:
         record.inspect_started_at = utcnow()
         db.commit()
         try:
-            from bregman.layers import list_layers
-
-            teacher = load_teacher_record(settings, record)
-            layers = [info.to_dict() for info in list_layers(teacher, teacher.example_input())]
-            _mark_auto_transfer(teacher, layers)
-            record.layers = json.loads(json.dumps(layers, default=str))
-            record.parameter_count = int(teacher.parameter_count)
-            record.input_shape = [int(s) for s in teacher.input_shape]
+            info = inspect_teacher_record(settings, record)
+            record.layers = info["layers"]
+            record.parameter_count = int(info["parameter_count"])
+            record.input_shape = [int(s) for s in info["input_shape"]]
             record.status, record.error = "ready", None
         except Exception as exc:
-            logger.info("teacher %s failed inspection: %s", teacher_id, exc)
-            record.status, record.error = "failed", _short_error(exc)
+            record.status, record.error = "failed", public_error(exc, "while inspecting the teacher")
+            logger.info("teacher %s failed inspection: %s", teacher_id, record.error)
         db.commit()
         return record.status
-
-
-def _mark_auto_transfer(teacher: Any, layers: list[dict[str, Any]]) -> None:
-    """Say in the listing what ``transfer: auto`` fits at each layer, so that the two agree: the
-    output layer's listed transfer is the identity, but ``auto`` fits its softmax (the paper's choice)."""
-    from bregman.distillation.cut import resolve_cut
-
-    for layer in layers:
-        layer["auto_transfer"] = layer.get("transfer") if layer.get("tappable") else None
-    identity = [layer for layer in layers if layer["auto_transfer"] == "identity"]
-    if identity:  # only the last such layer can be the output layer, whose head is the identity
-        last = identity[-1]
-        last["auto_transfer"] = resolve_cut(teacher, last["path"], teacher.example_input()).transfer.name
 
 
 @app.task(name=TASK_INSPECT_DATASET, acks_late=True)
@@ -167,12 +156,13 @@ def inspect_dataset(dataset_id: str) -> str:
         record.inspect_started_at = utcnow()
         db.commit()
         try:
-            summary = dataset_summary(load_dataset_record(settings, record))
+            summary = inspect_dataset_record(settings, record)
             for key, value in summary.items():
                 setattr(record, key, value)
             record.status, record.error = "ready", None
         except Exception as exc:
-            record.status, record.error = "failed", _short_error(exc)
+            record.status, record.error = "failed", public_error(exc, "while inspecting the data set")
+            logger.info("data set %s failed inspection: %s", dataset_id, record.error)
         db.commit()
         return record.status
 
@@ -208,11 +198,8 @@ def run_job(self, job_id: str, expected_attempts: int) -> str:
             f"the job ran past its time budget of {spec['budget']['time_limit_s']} s; raise budget.time_limit_s "
             "or make the job smaller")
         metrics = run.metrics or None
-    except ValueError as exc:  # the library's input errors carry messages meant for users
-        error = _short_error(exc)
-    except Exception as exc:
-        logger.error("job %s failed:\n%s", job_id, traceback.format_exc())
-        error = f"internal error while running the job ({type(exc).__name__}: {_short_error(exc)})"
+    except Exception as exc:  # input errors and sandbox limits as they are; anything else by error id
+        error = public_error(exc, "while running the job")
     finally:
         shutil.rmtree(out_dir, ignore_errors=True)
     with factory() as db:
