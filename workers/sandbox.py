@@ -242,8 +242,14 @@ def run_in_sandbox(target: str, kwargs: dict[str, Any], *, what: str = "loading 
             )
         status, rusage, timed_out = _wait(proc, started + limits.time_s)
         wall = time.monotonic() - started
-        peak = int(rusage.ru_maxrss) * 1024 if rusage is not None else 0
         result = _read_result(tmpdir / "result.json")
+        # the child's own high-water mark when it could report one (see own_peak_rss_bytes); else
+        # wait4's figure, an upper bound that includes the parent's size at the fork
+        reported = result.get("peak_rss_bytes") if isinstance(result, dict) else None
+        if isinstance(reported, int) and reported > 0:
+            peak = reported
+        else:
+            peak = int(rusage.ru_maxrss) * 1024 if rusage is not None else 0
         log_tail = (tmpdir / "child.log").read_bytes()[-20000:].decode("utf-8", "replace")
     return _outcome(result, status, peak, wall, timed_out, limits, what, log_tail)
 
@@ -338,7 +344,24 @@ def _is_memory_error(exc: BaseException) -> bool:
     return isinstance(exc, (RuntimeError, ValueError, OSError)) and any(w in text for w in _MEMORY_WORDS)
 
 
+def own_peak_rss_bytes() -> int | None:
+    """This process's own peak resident memory since its last exec (``VmHWM``), or None.
+
+    ``ru_maxrss`` of a child is no use for this: Linux carries it across ``execve`` from the
+    forking parent, so a child of a 500 MB test runner or worker reports at least 500 MB whatever
+    it did itself. ``VmHWM`` belongs to the address space the exec made.
+    """
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
 def _write_result(path: str, value: dict[str, Any]) -> None:
+    value = {**value, "peak_rss_bytes": own_peak_rss_bytes()}
     tmp = Path(path + ".tmp")
     tmp.write_text(json.dumps(value))
     os.replace(tmp, path)

@@ -59,7 +59,7 @@ def test_eight_million_hidden_units_are_refused_before_anything_is_built(small_w
     assert "600,000,010 parameters" in str(failure) and "limit of 200,000,000" in str(failure)
     assert "BREGKD_MAX_TEACHER_PARAMETERS" in str(failure)
     # building it would take 2.4 GB; the refusal costs what refusing a bad arch name costs
-    assert failure.peak_rss_bytes < 300 * MiB
+    assert failure.peak_rss_bytes < 400 * MiB  # torch alone is ~300 MiB; building it would be 2.4 GB
     assert failure.peak_rss_bytes < baseline_peak + 16 * MiB, (failure.peak_rss_bytes, baseline_peak)
 
 

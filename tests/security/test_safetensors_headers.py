@@ -80,7 +80,7 @@ def test_a_lying_teacher_header_is_refused_in_the_child_without_allocating(tmp_p
                        what="loading the teacher", limits=LIMITS)
     assert err.value.kind == "invalid" and "40000000000 bytes" in str(err.value)
     assert str(tmp_path) not in str(err.value)
-    assert err.value.peak_rss_bytes < 300 * MiB
+    assert err.value.peak_rss_bytes < 400 * MiB  # an interpreter with torch imported, nothing allocated
 
 
 def test_a_lying_data_set_header_is_refused_in_the_child_without_allocating(tmp_path):
@@ -90,7 +90,7 @@ def test_a_lying_data_set_header_is_refused_in_the_child_without_allocating(tmp_
                        limits=LIMITS)
     assert err.value.kind == "invalid" and str(err.value).startswith("file: the safetensors file cannot be used")
     assert "256000000000 bytes" in str(err.value)
-    assert err.value.peak_rss_bytes < 300 * MiB
+    assert err.value.peak_rss_bytes < 400 * MiB  # an interpreter with torch imported, nothing allocated
 
 
 def test_data_set_arrays_are_checked_from_the_header_before_reading(tmp_path):

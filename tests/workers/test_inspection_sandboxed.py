@@ -32,8 +32,11 @@ def settings(tmp_path, monkeypatch):
     with session_factory(s.resolved_database_url)() as db:
         db.add(Tenant(name="t"))
         db.commit()
-    monkeypatch.setattr(app.conf, "bregkd_settings", s, raising=False)
-    return s
+    # Celery's conf cannot delete a key monkeypatch added, so set it and put back what was there
+    previous = getattr(app.conf, "bregkd_settings", None)
+    app.conf.bregkd_settings = s
+    yield s
+    app.conf.bregkd_settings = previous
 
 
 def _blob(settings: Settings, path) -> tuple[str, int]:
