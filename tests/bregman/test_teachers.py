@@ -77,9 +77,10 @@ def test_format_is_detected_from_content_not_name(mlp_files, tmp_path):
         assert detect_format(disguised) == fmt
     legacy = tmp_path / "legacy.txt"
     torch.save(small_mlp().state_dict(), str(legacy), _use_new_zipfile_serialization=False)
-    assert detect_format(legacy) == "state_dict"
-    x = torch.randn(2, 8)
-    assert torch.equal(load_teacher(legacy, MLP_MANIFEST).module(x), small_mlp()(x))
+    # a legacy (pre-zip) torch.save stream is a bare pickle: no archive to bound, refused like the API does
+    assert detect_format(legacy) == "pickle"
+    with pytest.raises(UnsafeTeacherError, match="legacy torch.save"):
+        load_teacher(legacy, MLP_MANIFEST)
     junk = tmp_path / "teacher.pt2"
     junk.write_bytes(b"not a model at all")
     with pytest.raises(TeacherFormatError, match="unrecognised"):
