@@ -134,7 +134,7 @@ ALLOWED_OPERATORS: frozenset[str] = frozenset({
     "roll", "tile", "movedim", "view_as", "reshape_as", "unfold", "im2col", "col2im",
     # dtypes and constants (filled, never uninitialized)
     "to", "_to_copy", "type_as", "zeros_like", "ones_like", "full_like", "zeros", "ones", "full", "arange",
-    "scalar_tensor", "lift_fresh_copy", "one_hot", "tensor",
+    "scalar_tensor", "lift_fresh_copy", "detach_", "one_hot",  # detach_: export emits it on torch.tensor([...]) constants
     # symbolic sizes and export's own checks
     "sym_size", "sym_numel", "sym_stride", "sym_storage_offset", "sym_constrain_range_for_size",
     "_assert_tensor_metadata", "_assert_scalar", "_assert_async",
@@ -156,7 +156,7 @@ _SYMPY_NAMES = {
     "IsNonOverlappingAndDenseIndicator", "TruncToFloat", "TruncToInt", "RoundToInt", "RoundDecimal",
     "ToFloat", "Identity", "OpaqueUnaryFn_sqrt", "BitwiseFn_bitwise_and", "BitwiseFn_bitwise_or",
     "Max", "Min", "Abs", "floor", "ceiling", "Eq", "Ne", "Lt", "Le", "Gt", "Ge", "And", "Or", "Not",
-    "Symbol", "Integer", "Rational", "Float", "oo", "zoo", "nan", "True", "False",
+    "Symbol", "Integer", "Rational", "Float", "Add", "Mul", "Pow", "oo", "zoo", "nan", "True", "False",
     "positive", "negative", "integer", "nonnegative", "nonpositive", "real", "finite", "zero",
 }
 _EXPR_CHARS = re.compile(r"^[A-Za-z0-9_ +\-*/%(),<>=!'.]*$")
