@@ -126,12 +126,59 @@ def deflated(name: str, data: bytes, **kw) -> Entry:
     return Entry(name, raw=c.compress(data) + c.flush(), size=len(data), crc=zlib.crc32(data), **kw)
 
 
-@functools.lru_cache(maxsize=4)
+def _gf2_times(mat: list[int], vec: int) -> int:
+    out, i = 0, 0
+    while vec:
+        if vec & 1:
+            out ^= mat[i]
+        vec >>= 1
+        i += 1
+    return out
+
+
+def crc32_combine(crc1: int, crc2: int, len2: int) -> int:
+    """CRC-32 of A + B from crc(A), crc(B) and len(B) (zlib's crc32_combine, GF(2) matrices)."""
+    if len2 <= 0:
+        return crc1
+    odd = [0xEDB88320] + [1 << n for n in range(31)]
+    even = [_gf2_times(odd, odd[n]) for n in range(32)]
+    odd = [_gf2_times(even, even[n]) for n in range(32)]
+    while True:
+        even = [_gf2_times(odd, odd[n]) for n in range(32)]
+        if len2 & 1:
+            crc1 = _gf2_times(even, crc1)
+        len2 >>= 1
+        if not len2:
+            break
+        odd = [_gf2_times(even, even[n]) for n in range(32)]
+        if len2 & 1:
+            crc1 = _gf2_times(odd, crc1)
+        len2 >>= 1
+        if not len2:
+            break
+    return crc1 ^ crc2
+
+
+def crc32_of_zeros(n: int) -> int:
+    """CRC-32 of ``n`` zero bytes by doubling, without touching n bytes."""
+    crc = 0
+    # binary decomposition of n in units of 1 KiB, then the remainder directly
+    units, rest = divmod(n, 1024)
+    power, power_len = zlib.crc32(bytes(1024)), 1024
+    while units:
+        if units & 1:
+            crc = crc32_combine(crc, power, power_len)
+        units >>= 1
+        power, power_len = crc32_combine(power, power, power_len), power_len * 2
+    return crc32_combine(crc, zlib.crc32(bytes(rest)), rest)
+
+
+@functools.lru_cache(maxsize=8)
 def zero_bomb(n_bytes: int, prefix: bytes = b"") -> tuple[bytes, int]:
     """(raw deflate stream, CRC) of ``prefix`` + zeros up to ``n_bytes``: ~1 KiB per MiB inflated.
 
     Full flushes reset the compressor, so each MiB of zeros compresses to identical bytes and the
-    stream is built by repetition in milliseconds.
+    stream is built by repetition in milliseconds; the CRC comes from :func:`crc32_of_zeros`.
     """
     chunk = 1 * MiB
     c = zlib.compressobj(9, zlib.DEFLATED, -15)
@@ -140,11 +187,7 @@ def zero_bomb(n_bytes: int, prefix: bytes = b"") -> tuple[bytes, int]:
     body = n_bytes - len(prefix)
     reps, rest = divmod(body, chunk)
     tail = c.compress(bytes(rest)) + c.flush()
-    crc = zlib.crc32(prefix)
-    zeros = bytes(chunk)
-    for _ in range(reps):
-        crc = zlib.crc32(zeros, crc)
-    crc = zlib.crc32(bytes(rest), crc)
+    crc = crc32_combine(zlib.crc32(prefix), crc32_of_zeros(body), body)
     return head + block * reps + tail, crc
 
 
