@@ -109,7 +109,7 @@ ALLOWED_OPERATORS: frozenset[str] = frozenset({
     "_fused_rms_norm",  # the one fused kernel admitted: a pure function that rms_norm lowers to
     # activations
     "relu", "relu6", "leaky_relu", "sigmoid", "tanh", "gelu", "silu", "hardswish", "hardsigmoid", "hardtanh",
-    "elu", "selu", "celu", "mish", "softplus", "prelu", "_prelu_kernel", "glu", "logsigmoid", "log_sigmoid_forward",
+    "elu", "selu", "celu", "mish", "softplus", "prelu", "_prelu_kernel", "glu", "log_sigmoid", "log_sigmoid_forward",
     "softmax", "_softmax", "log_softmax", "_log_softmax", "threshold",
     # pooling and resampling
     "max_pool1d", "max_pool2d", "max_pool2d_with_indices", "max_pool3d", "avg_pool1d", "avg_pool2d", "avg_pool3d",
