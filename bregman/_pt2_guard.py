@@ -241,6 +241,88 @@ def _parse_json(data: bytes, name: str) -> Any:
         raise UnsafeArchiveError(f"refused .pt2 file: {name} is not valid JSON ({str(exc)[:120]})") from None
 
 
+def _schema_mismatch(cls: Any, data: Any, depth: int = 0) -> str | None:
+    """Where ``data`` breaks torch's export schema (the dataclass ``cls``), or None.
+
+    torch's own ``_dict_to_dataclass`` checks no types and skips unknown keys, so a crafted
+    program could carry an int where a name belongs (and silently drop an argument); this walks
+    the same type hints strictly: exact keys, exact JSON types, valid enum values.
+    """
+    import dataclasses
+    import enum
+    import types
+    import typing
+
+    from torch._export.serde import schema
+    from torch._export.serde.union import _Union
+
+    if depth > 200:
+        return "nests too deeply"
+    if isinstance(cls, str):
+        cls = getattr(schema, cls)
+    if isinstance(cls, typing.ForwardRef):
+        cls = getattr(schema, cls.__forward_arg__)
+    origin = typing.get_origin(cls)
+    if origin is typing.Annotated:
+        return _schema_mismatch(typing.get_args(cls)[0], data, depth + 1)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(cls) if a is not type(None)]
+        if data is None and len(args) < len(typing.get_args(cls)):
+            return None
+        return _schema_mismatch(args[0], data, depth + 1) if len(args) == 1 else "is an unexpected union"
+    if origin is list:
+        if not isinstance(data, list):
+            return f"should be a list, not {type(data).__name__}"
+        (item,) = typing.get_args(cls)
+        for i, v in enumerate(data):
+            if (why := _schema_mismatch(item, v, depth + 1)) is not None:
+                return f"[{i}] {why}"
+        return None
+    if origin is dict:
+        if not isinstance(data, dict):
+            return f"should be an object, not {type(data).__name__}"
+        _, value = typing.get_args(cls)
+        for k, v in data.items():
+            if (why := _schema_mismatch(value, v, depth + 1)) is not None:
+                return f"[{str(k)[:40]!r}] {why}"
+        return None
+    if isinstance(cls, type) and dataclasses.is_dataclass(cls):
+        if not isinstance(data, dict):
+            return f"should be a {cls.__name__} object, not {type(data).__name__}"
+        hints = typing.get_type_hints(cls, globalns=vars(schema), include_extras=True)
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        if issubclass(cls, _Union):
+            if len(data) != 1 or next(iter(data)) not in fields:
+                return f"should be one of {sorted(fields)[:8]}"
+            key = next(iter(data))
+            why = _schema_mismatch(hints[key], data[key], depth + 1)
+            return None if why is None else f".{key} {why}"
+        unknown = sorted(set(data) - set(fields))
+        if unknown:
+            return f"has unknown fields {unknown[:5]} for {cls.__name__}"
+        for name, f in fields.items():
+            if name not in data:
+                if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                    return f"lacks the field {name!r} of {cls.__name__}"
+                continue
+            if (why := _schema_mismatch(hints[name], data[name], depth + 1)) is not None:
+                return f".{name} {why}"
+        return None
+    if isinstance(cls, type) and issubclass(cls, enum.IntEnum):
+        ok = type(data) is int and data in {m.value for m in cls}
+        return None if ok else f"is not a valid {cls.__name__}"
+    if cls is bool:
+        return None if type(data) is bool else f"should be a boolean, not {type(data).__name__}"
+    if cls is int:
+        return None if type(data) is int else f"should be an integer, not {type(data).__name__}"
+    if cls is float:
+        ok = type(data) in (int, float) or data in ("Infinity", "-Infinity", "NaN")
+        return None if ok else f"should be a number, not {type(data).__name__}"
+    if cls is str:
+        return None if type(data) is str else f"should be a string, not {type(data).__name__}"
+    return f"has a type the reader does not know ({cls})"
+
+
 def _check_program(doc: Any) -> None:
     """The program JSON: only allowed operators, plain shape expressions and guards, no objects."""
     if not isinstance(doc, dict) or not isinstance(doc.get("graph_module"), dict):
@@ -266,9 +348,12 @@ def _check_program(doc: Any) -> None:
             raise _refuse("its graph calls a higher-order operator with a subgraph (cond, map, wrap...)")
         elif key == "use_pickle" and value:
             raise _refuse("its program marks a payload use_pickle")
-    graph = doc["graph_module"].get("graph")
-    if not isinstance(graph, dict) or not isinstance(graph.get("nodes"), list):
-        raise UnsafeArchiveError("refused .pt2 file: its program has no graph")
+    from torch._export.serde import schema
+
+    why = _schema_mismatch(schema.ExportedProgram, doc)
+    if why is not None:
+        raise UnsafeArchiveError(f"refused .pt2 file: its program does not follow torch's export schema: "
+                                 f"the program{why[:300]}")
 
 
 def _as_int(value: Any, what: str) -> int:
@@ -297,7 +382,7 @@ def _check_payload_config(doc: Any, base: str, records: dict[str, int]) -> set[s
         tm = meta.get("tensor_meta")
         if not isinstance(tm, dict) or set(tm) != _TENSOR_META_KEYS:
             raise _refuse(f"{where} has no plain tensor metadata")
-        if tm["dtype"] not in _DTYPES or tm["layout"] != _STRIDED:
+        if type(tm["dtype"]) is not int or tm["dtype"] not in _DTYPES or type(tm["layout"]) is not int or tm["layout"] != _STRIDED:
             raise _refuse(f"{where} has dtype {tm['dtype']!r} / layout {tm['layout']!r}; plain strided tensors only")
         if type(meta.get("is_param")) is not bool or type(tm["requires_grad"]) is not bool:
             raise _refuse(f"{where} has malformed flags")
