@@ -113,6 +113,14 @@ def test_whole_pickled_model_is_refused_with_resave_help(tmp_path):
     assert "weights_only" in message and "torch.export.export" in message and "safetensors" in message
 
 
+def test_whole_pickled_model_without_manifest_is_told_to_resave_first(tmp_path):
+    path = tmp_path / "model.pt"
+    torch.save(small_mlp(), str(path))
+    with pytest.raises(UnsafeTeacherError) as err:  # not "needs a manifest": re-saving comes first
+        load_teacher(path)
+    assert "torch.export.export" in str(err.value) and "manifest" not in str(err.value).split("safetensors")[0]
+
+
 def test_torch_save_with_payload_is_refused_and_payload_never_runs(tmp_path):
     target = tmp_path / "pwned.txt"
     path = tmp_path / "state.pt"
