@@ -152,12 +152,15 @@ def _read_arrays(path: Path) -> dict[str, np.ndarray]:
         head = fh.read(16)
     size = path.stat().st_size
     if head.startswith(b"PK"):
+        # bounded reads (members, sizes, bombs) and .npy headers checked before allocating; never
+        # unpickles (the reader refuses object dtypes, as np.load(allow_pickle=False) would)
+        from bregman._safe_zip import UnsafeArchiveError, read_npz
+
         try:
-            with np.load(path, allow_pickle=False) as npz:
-                return {k: npz[k] for k in npz.files}
-        except ValueError as exc:  # an object array would need unpickling
-            raise DatasetError("file", f"the .npz holds an array that needs pickle ({exc}); save numeric arrays only") from exc
-        except Exception as exc:
+            return read_npz(path)
+        except UnsafeArchiveError as exc:
+            raise DatasetError("file", str(exc), expected=".npz of bool/int/float arrays (numpy.savez)") from None
+        except OSError as exc:
             raise DatasetError("file", f"cannot read the .npz archive: {exc}") from exc
     if len(head) >= 9:
         (n,) = struct.unpack("<Q", head[:8])

@@ -12,8 +12,9 @@
 2. Weights in safetensors plus a JSON manifest naming a registry architecture
    (:mod:`bregman.models`). The manifest may also be stored in the safetensors metadata under the
    key ``"manifest"``.
-3. A ``state_dict`` saved with ``torch.save``, loaded only with ``weights_only=True``, plus the
-   same manifest. A whole pickled model, or any pickle that needs to import code, is refused
+3. A ``state_dict`` saved with ``torch.save`` (zip format, the default since torch 1.6), loaded
+   only with ``weights_only=True`` from a vetted, rebuilt copy of the archive, plus the same
+   manifest. Legacy (pre-zip) ``torch.save`` streams are bare pickles and are refused. A whole pickled model, or any pickle that needs to import code, is refused
    (:class:`UnsafeTeacherError`) and its payload never runs.
 
 The manifest::
@@ -38,8 +39,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import struct
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -47,8 +46,9 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
-from bregman._pt2_guard import UnsafeArchiveError, load_pt2_safely
+from bregman._pt2_guard import UnsafeArchiveError, load_pt2_safely, load_torch_save_safely
 from bregman._safetensors_guard import SafetensorsHeader, SafetensorsHeaderError, iter_tensors, read_header
+from bregman._sniff import sniff
 from bregman.models import (
     ARCHITECTURES,
     ManifestError,
@@ -103,8 +103,6 @@ MAX_ACTIVATION_VALUES = 2**28
 #: largest manifest text accepted (a real one is a few hundred bytes)
 MAX_MANIFEST_CHARS = 1024 * 1024
 
-# legacy (non-zip) torch.save streams start with the pickled magic number 0x1950a86a20f9469cfc6c
-_LEGACY_TORCH_MAGIC = b"\x80\x02\x8a\x0a\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8\x50\x19"
 
 
 class TeacherFormatError(ValueError):
@@ -333,16 +331,6 @@ def _read_manifest(manifest: Any) -> dict[str, Any] | None:
     return _parse_manifest_text(path.read_text())
 
 
-def _safetensors_header(head: bytes, size: int) -> dict[str, Any] | None:
-    """The parsed header if the bytes start like a safetensors file, else None."""
-    if len(head) < 10:
-        return None
-    (n,) = struct.unpack("<Q", head[:8])
-    if n < 2 or 8 + n > size or head[8:9] != b"{":
-        return None
-    return {"header_len": n}
-
-
 def detect_format(path: str | os.PathLike) -> str:
     """Tell the format of a teacher file from its content (not its name).
 
@@ -350,45 +338,32 @@ def detect_format(path: str | os.PathLike) -> str:
     -------
     str
         ``"pt2"`` (a ``torch.export.save`` archive), ``"safetensors"``, ``"state_dict"`` (a
-        ``torch.save`` file, zip or legacy), ``"torchscript"`` (a ``torch.jit.save`` archive) or
-        ``"pickle"`` (a plain Python pickle). The last two cannot be loaded without running code.
+        ``torch.save`` zip), ``"torchscript"`` (a ``torch.jit.save`` archive) or ``"pickle"`` (a
+        bare pickle stream: ``pickle.dump`` or a legacy, pre-zip ``torch.save``). The last two
+        cannot be loaded without running code.
 
     Raises
     ------
     TeacherFormatError
-        The content is none of these.
+        The content is none of these; :class:`UnsafeTeacherError` for a zip that breaks the
+        archive limits (bomb, link, traversal name).
     """
     path = Path(path)
     if not path.is_file():
         raise TeacherFormatError(f"teacher file {str(path)!r} does not exist")
-    size = path.stat().st_size
-    with path.open("rb") as fh:
-        head = fh.read(64)
-    if head.startswith(b"PK\x03\x04") or head.startswith(b"PK\x05\x06"):
-        try:
-            with zipfile.ZipFile(path) as zf:
-                names = zf.namelist()
-        except zipfile.BadZipFile as exc:
-            raise TeacherFormatError(f"teacher file looks like a zip archive but is damaged: {exc}") from exc
-        tails = {n.split("/", 1)[1] if "/" in n else n for n in names}
-        if "archive_format" in tails or any(t.startswith("models/") for t in tails):
-            return "pt2"
-        if "constants.pkl" in tails or any(t.startswith("code/") for t in tails):
-            return "torchscript"
-        if "data.pkl" in tails:
-            return "state_dict"
+    try:
+        kind = sniff(path).kind
+    except UnsafeArchiveError as exc:
+        raise UnsafeTeacherError(str(exc)) from None
+    if kind in ("pt2", "safetensors", "state_dict", "torchscript", "pickle"):
+        return kind
+    if kind in ("npz", "zip"):
         raise TeacherFormatError(
             "teacher file is a zip archive but neither a torch.export program (.pt2) nor a torch.save file"
         )
-    if head.startswith(_LEGACY_TORCH_MAGIC):
-        return "state_dict"
-    if _safetensors_header(head, size) is not None:
-        return "safetensors"
-    if head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):
-        return "pickle"
     raise TeacherFormatError(
         "unrecognised teacher file: expected a torch.export program (.pt2), safetensors weights, "
-        "or a torch.save state_dict"
+        "or a torch.save state_dict" + (" (the file is empty)" if kind == "empty" else "")
     )
 
 
@@ -473,8 +448,11 @@ def _from_manifest(manifest: dict[str, Any], weights: SafetensorsHeader | Mappin
 
 
 def _load_state_dict_file(path: Path) -> dict[str, torch.Tensor]:
+    # the zip is vetted and rebuilt (bounded reads, allowlisted members) before torch.load sees it
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        obj = load_torch_save_safely(path)
+    except UnsafeArchiveError as exc:
+        raise UnsafeTeacherError(str(exc) + ". " + _RESAVE_HELP) from None
     except Exception as exc:  # UnpicklingError, RuntimeError from a foreign pickle, ...
         raise UnsafeTeacherError(
             "this torch.save file cannot be loaded with weights_only=True: it holds more than tensors "
@@ -523,11 +501,11 @@ def _pt2_input_shape(program: torch.export.ExportedProgram) -> tuple[int, ...]:
 
 def _load_pt2(path: Path) -> Teacher:
     try:
-        program = load_pt2_safely(path.read_bytes())
+        program = load_pt2_safely(path)
     except UnsafeArchiveError as exc:
         raise UnsafeTeacherError(str(exc)) from exc
     except Exception as exc:  # torch's deserializer raises many kinds
-        raise TeacherFormatError(f"cannot read the torch.export program: {exc}") from exc
+        raise TeacherFormatError(f"cannot read the torch.export program: {str(exc)[:500]}") from exc
     shape = _pt2_input_shape(program)
     module = program.module()
     return Teacher(module, "pt2", shape, {"input_shape": list(shape)}, count_parameters(module), program=program)
@@ -563,7 +541,7 @@ def load_teacher(path: str | os.PathLike, manifest: Any = None, max_parameters: 
     fmt = detect_format(path)
     man = _read_manifest(manifest)
     if fmt in ("pickle", "torchscript"):
-        kind = "a plain Python pickle" if fmt == "pickle" else "a TorchScript archive"
+        kind = "a Python pickle (pickle.dump or a legacy torch.save)" if fmt == "pickle" else "a TorchScript archive"
         raise UnsafeTeacherError(f"the teacher file is {kind}, which can run code when loaded; it was not loaded. " + _RESAVE_HELP)
     if fmt == "pt2":
         teacher = _load_pt2(path)

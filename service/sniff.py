@@ -1,22 +1,25 @@
 """Recognize an uploaded file's format from its content, never its name, and never unpickle it.
 
-- ``pt2``: a ``torch.export.save`` zip (has an ``archive_format`` member and ``models/``).
-- ``state_dict``: a ``torch.save`` zip (has a ``data.pkl`` member); only its structure is looked
-  at here, a worker loads it weights-only.
-- ``safetensors``: an 8-byte little-endian header length, then a JSON header of tensors.
-- ``npz`` (data sets): a zip of ``.npy`` members.
-A bare pickle (a legacy ``torch.save`` or ``pickle.dump``) is refused: loading it can run code.
+The recognition itself is :func:`bregman._sniff.sniff` (torch-free, shared with the library's
+``detect_format``); this module turns its answer into what the API accepts:
+
+- teachers: ``pt2`` (torch.export.save), ``safetensors``, ``state_dict`` (a torch.save zip whose
+  pickle names only tensor-rebuilding helpers; a worker loads it weights-only);
+- data sets: ``npz`` (numpy.savez) or ``safetensors``.
+A bare pickle (a legacy torch.save or pickle.dump), a TorchScript archive, a whole pickled model
+and a zip that breaks the archive limits (bombs, links, traversal names) are refused here.
 """
 from __future__ import annotations
 
-import json
-import struct
-import zipfile
 from pathlib import Path
 
-_PICKLE_PROTO = 0x80
-_ZIP_MAGIC = b"PK\x03\x04"
-_MAX_SAFETENSORS_HEADER = 100 * 1024 * 1024
+from bregman._sniff import UnsafeArchiveError, sniff
+
+# the recipe of bregman.teachers.PT2_RECIPE, repeated here because that module imports torch
+_PT2_RECIPE = (
+    "ep = torch.export.export(model.eval(), (example_batch,), dynamic_shapes=({0: torch.export.Dim.DYNAMIC},)); "
+    'torch.export.save(ep, "teacher.pt2")'
+)
 
 
 class SniffError(ValueError):
@@ -34,76 +37,40 @@ PICKLE_MESSAGE = (
 )
 
 
-def _is_pickle(head: bytes) -> bool:
-    # protocol 2+ pickles start with PROTO (0x80) and a small protocol number; legacy torch.save
-    # files start with a pickled magic number, which is the same opcode
-    return len(head) >= 2 and head[0] == _PICKLE_PROTO and 1 <= head[1] <= 5
-
-
-def _safetensors_header(path: Path, head: bytes, size: int) -> dict | None:
-    if len(head) < 10:
-        return None
-    (n,) = struct.unpack("<Q", head[:8])
-    if n < 2 or n > _MAX_SAFETENSORS_HEADER or 8 + n > size:
-        return None
-    with open(path, "rb") as fh:
-        fh.seek(8)
-        raw = fh.read(n)
-    if not raw.lstrip().startswith(b"{"):
-        return None
+def _kind(path: Path, empty_pickle_message: str):
     try:
-        header = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        return None
-    if not isinstance(header, dict):
-        return None
-    for name, entry in header.items():
-        if name == "__metadata__":
-            continue
-        if not isinstance(entry, dict) or not {"dtype", "shape", "data_offsets"} <= entry.keys():
-            return None
-    return header
-
-
-def _zip_names(path: Path) -> list[str] | None:
-    try:
-        with zipfile.ZipFile(path) as zf:
-            return zf.namelist()
-    except (zipfile.BadZipFile, OSError):
-        return None
-
-
-def _read_head(path: Path, pickle_message: str) -> tuple[bytes, int]:
-    """The first bytes and the size of an upload; an empty file or a pickle is refused here."""
-    size = path.stat().st_size
-    with open(path, "rb") as fh:
-        head = fh.read(16)
-    if size == 0:
+        found = sniff(path)
+    except UnsafeArchiveError as exc:
+        raise SniffError(str(exc)) from None
+    if found.kind == "empty":
         raise SniffError("the file is empty")
-    if _is_pickle(head):
-        raise PickleRefused(pickle_message)
-    return head, size
+    if found.kind == "pickle":
+        raise PickleRefused(empty_pickle_message)
+    return found
 
 
 def sniff_teacher(path: str | Path) -> str:
     """``"pt2" | "safetensors" | "state_dict"``, or :class:`SniffError` saying what is wrong."""
-    path = Path(path)
-    head, size = _read_head(path, PICKLE_MESSAGE)
-    if head.startswith(_ZIP_MAGIC):
-        names = _zip_names(path)
-        if names is None:
-            raise SniffError("the file starts like a zip archive but its directory is unreadable (truncated?)")
-        base = {n.split("/", 1)[-1] for n in names}
-        if "archive_format" in base or any(n.startswith("models/") for n in base):
-            return "pt2"
-        if "data.pkl" in base:
-            return "state_dict"
+    found = _kind(Path(path), PICKLE_MESSAGE)
+    if found.kind == "state_dict" and found.pickled_classes:
+        raise PickleRefused(
+            f"the torch.save file holds a whole pickled model or other objects ({', '.join(found.pickled_classes[:3])}), "
+            "which only full unpickling (running code) can load, so it was refused. Re-save it as a torch.export "
+            f"program: {_PT2_RECIPE}; or send model.state_dict() (torch.save or safetensors) with a manifest "
+            "naming the architecture"
+        )
+    if found.kind in ("pt2", "safetensors", "state_dict"):
+        return found.kind
+    if found.kind == "torchscript":
+        raise SniffError(
+            "the file is a TorchScript archive (torch.jit.save), which runs code when loaded; re-save the model "
+            f"as a torch.export program: {_PT2_RECIPE}"
+        )
+    if found.kind in ("npz", "zip"):
         raise SniffError(
             "the zip archive is neither a torch.export program (.pt2, written by torch.export.save) nor a "
             "torch.save file; send one of those, or the weights as safetensors"
         )
-    if _safetensors_header(path, head, size) is not None:
-        return "safetensors"
     raise SniffError(
         "unrecognized teacher format: expected a torch.export program (.pt2), a safetensors file or a "
         "torch.save state_dict (zip); the content matches none of them (the file name is not used)"
@@ -112,19 +79,15 @@ def sniff_teacher(path: str | Path) -> str:
 
 def sniff_dataset(path: str | Path) -> str:
     """``"npz" | "safetensors"``, or :class:`SniffError`."""
-    path = Path(path)
-    head, size = _read_head(
-        path,
+    found = _kind(
+        Path(path),
         "the file is a Python pickle; pickles can run code when loaded, so they are refused. Send an "
         ".npz (numpy.savez) or a safetensors file with x_train, y_train, x_test, y_test",
     )
-    if head.startswith(_ZIP_MAGIC):
-        names = _zip_names(path)
-        if names and all(n.endswith(".npy") for n in names):
-            return "npz"
+    if found.kind in ("npz", "safetensors"):
+        return found.kind
+    if found.kind in ("pt2", "torchscript", "state_dict", "zip"):
         raise SniffError("the zip archive is not an .npz of arrays (numpy.savez); send an .npz or safetensors file")
-    if _safetensors_header(path, head, size) is not None:
-        return "safetensors"
     raise SniffError(
         "unrecognized data set format: send an .npz (numpy.savez) or a safetensors file with arrays "
         "x_train, y_train, x_test, y_test"

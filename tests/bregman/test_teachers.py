@@ -77,9 +77,10 @@ def test_format_is_detected_from_content_not_name(mlp_files, tmp_path):
         assert detect_format(disguised) == fmt
     legacy = tmp_path / "legacy.txt"
     torch.save(small_mlp().state_dict(), str(legacy), _use_new_zipfile_serialization=False)
-    assert detect_format(legacy) == "state_dict"
-    x = torch.randn(2, 8)
-    assert torch.equal(load_teacher(legacy, MLP_MANIFEST).module(x), small_mlp()(x))
+    # a legacy (pre-zip) torch.save stream is a bare pickle: no archive to bound, refused like the API does
+    assert detect_format(legacy) == "pickle"
+    with pytest.raises(UnsafeTeacherError, match="legacy torch.save"):
+        load_teacher(legacy, MLP_MANIFEST)
     junk = tmp_path / "teacher.pt2"
     junk.write_bytes(b"not a model at all")
     with pytest.raises(TeacherFormatError, match="unrecognised"):
@@ -110,6 +111,14 @@ def test_whole_pickled_model_is_refused_with_resave_help(tmp_path):
         load_teacher(path, MLP_MANIFEST)
     message = str(err.value)
     assert "weights_only" in message and "torch.export.export" in message and "safetensors" in message
+
+
+def test_whole_pickled_model_without_manifest_is_told_to_resave_first(tmp_path):
+    path = tmp_path / "model.pt"
+    torch.save(small_mlp(), str(path))
+    with pytest.raises(UnsafeTeacherError) as err:  # not "needs a manifest": re-saving comes first
+        load_teacher(path)
+    assert "torch.export.export" in str(err.value) and "manifest" not in str(err.value).split("safetensors")[0]
 
 
 def test_torch_save_with_payload_is_refused_and_payload_never_runs(tmp_path):

@@ -81,3 +81,43 @@ def test_npz(tmp_path):
     path = tmp_path / "d.safetensors"
     path.write_bytes(buf.getvalue())
     assert sniff_dataset(path) == "npz"
+
+
+def test_whole_pickled_model_is_told_to_resave_before_any_manifest(tmp_path):
+    # torch.save(model) is a zip with data.pkl, like a state_dict; its pickle names nn.Module classes
+    path = tmp_path / "model.pt"
+    torch.save(torch.nn.Sequential(torch.nn.Linear(3, 2)), str(path))
+    with pytest.raises(PickleRefused) as err:
+        sniff_teacher(path)
+    message = str(err.value)
+    assert "whole pickled model" in message and "torch.nn.modules.container.Sequential" in message
+    assert "torch.export.save" in message and "state_dict" in message
+
+
+def test_torchscript_is_refused_at_upload(tmp_path):
+    path = tmp_path / "ts.pt"
+    torch.jit.save(torch.jit.script(torch.nn.Linear(3, 2)), str(path))
+    with pytest.raises(SniffError, match="TorchScript"):
+        sniff_teacher(path)
+
+
+def test_hostile_zip_is_refused_at_upload(tmp_path):
+    import stat
+
+    path = tmp_path / "link.npz"
+    with zipfile.ZipFile(path, "w") as zf:
+        info = zipfile.ZipInfo("x_train.npy")
+        info.create_system = 3
+        info.external_attr = (stat.S_IFLNK | 0o777) << 16
+        zf.writestr(info, "/etc/passwd")
+    with pytest.raises(SniffError, match="symbolic link"):
+        sniff_dataset(path)
+
+
+def test_sniffing_imports_no_torch():
+    import subprocess
+    import sys
+
+    code = "import sys, service.sniff, bregman._sniff; print('torch' in sys.modules, 'numpy' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["False", "False"]

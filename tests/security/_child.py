@@ -1,0 +1,66 @@
+"""Run loader calls in a fresh spawned process and report peak memory and outcome of each.
+
+``run_in_child("bregman.teachers:load_teacher", path)`` imports the function in a new interpreter
+(spawn: nothing inherited from the test process, so the peak is the loader's own), calls it and
+returns a :class:`ChildResult`: ``resource.getrusage(RUSAGE_SELF).ru_maxrss`` in bytes, the
+exception's type and text (None when it returned) and a short repr of the return value.
+
+:func:`run_many_in_child` makes several calls in one child (one interpreter start instead of
+many): ``ru_maxrss`` is a high-water mark, so the peak read after each call bounds that call and
+all before it. Put a clean load first and compare the later peaks with its peak.
+"""
+from __future__ import annotations
+
+import importlib
+import multiprocessing as mp
+import resource
+from dataclasses import dataclass
+from typing import Any
+
+Call = tuple[str, tuple, dict]
+
+
+@dataclass
+class ChildResult:
+    peak_bytes: int
+    error_type: str | None
+    error: str | None
+    value: str | None
+
+
+def _target(calls: list[Call], queue: Any) -> None:
+    import torch
+
+    torch.set_num_threads(1)
+    results = []
+    for spec, args, kwargs in calls:
+        module, _, name = spec.partition(":")
+        fn = getattr(importlib.import_module(module), name)
+        error_type = error = value = None
+        try:
+            value = repr(fn(*args, **kwargs))[:200]
+        except BaseException as exc:  # report every outcome, MemoryError included
+            error_type, error = type(exc).__name__, str(exc)
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
+        results.append(ChildResult(peak, error_type, error, value))
+    queue.put(results)
+
+
+def run_many_in_child(calls: list[Call], timeout: float = 300) -> list[ChildResult]:
+    """Make each ``(module:function, args, kwargs)`` call in order in one spawned child."""
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    proc = ctx.Process(target=_target, args=(calls, queue))
+    proc.start()
+    try:
+        return queue.get(timeout=timeout)  # raises queue.Empty if the child died or hung
+    finally:
+        proc.join(timeout=30)
+        if proc.is_alive():
+            proc.kill()
+            proc.join()
+
+
+def run_in_child(spec: str, *args: Any, timeout: float = 300, **kwargs: Any) -> ChildResult:
+    """Call ``module:function(*args, **kwargs)`` in a spawned child."""
+    return run_many_in_child([(spec, args, kwargs)], timeout)[0]
