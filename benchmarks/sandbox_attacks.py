@@ -1,5 +1,5 @@
 """What each crafted attack on the file loaders gets now: outcome, message and the peak memory of
-the sandbox child that handled it (``ru_maxrss`` from ``wait4``), next to a child that loads a
+the sandbox child that handled it (its ``VmHWM``), next to a child that loads a
 tiny clean file. Issue 11's note, measured.
 
     PYTHONPATH=. python3 benchmarks/sandbox_attacks.py     # about 10 children, 1-2 minutes

@@ -10,6 +10,11 @@ does (allocates too much, loops, crashes the interpreter) ends that child only: 
 survives, and the teacher, data set or job that needed the file fails with a
 :class:`SandboxFailure` whose message says which limit it hit. Other jobs lose nothing.
 
+The child's peak memory is its ``VmHWM`` (the high-water mark of its own address space), which it
+reports itself and which the parent also samples from ``/proc/<pid>/status`` while it waits (so a
+killed child has one too). Not ``ru_maxrss`` from ``wait4``: Linux carries the maximum over
+``exec``, and the child starts as a copy of the worker, so that number is the worker's size.
+
 What crosses back is plain JSON produced by our code (numbers, lists, strings), read with a size
 bound; nothing is unpickled, so even a compromised child could only hand back wrong numbers.
 
@@ -27,7 +32,7 @@ The memory default covers the worst legal case: a data set of float16 inputs con
 before it runs: a fault-injection hook for tests of the real stack, unused in production.
 
 Public names: :class:`SandboxLimits`, :class:`SandboxFailure`, :class:`SandboxResult`,
-:func:`run_in_sandbox`, the child functions :func:`inspect_teacher_file`,
+:func:`run_in_sandbox`, :func:`vm_hwm`, the child functions :func:`inspect_teacher_file`,
 :func:`check_teacher_file`, :func:`inspect_dataset_file`, and for every text a client sees:
 :func:`client_message`, :func:`public_error`, :func:`new_error_id`.
 """
@@ -63,6 +68,7 @@ __all__ = [
     "new_error_id",
     "public_error",
     "run_in_sandbox",
+    "vm_hwm",
 ]
 
 GiB = 1024**3
@@ -111,7 +117,7 @@ class SandboxLimits:
 
 @dataclass(frozen=True)
 class SandboxResult:
-    """What the child returned, and what it cost (its peak resident memory, from ``wait4``)."""
+    """What the child returned, and what it cost (its peak resident memory, ``VmHWM``)."""
 
     value: Any
     peak_rss_bytes: int
@@ -240,33 +246,42 @@ def run_in_sandbox(target: str, kwargs: dict[str, Any], *, what: str = "loading 
                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=_child_env(limits),
                 cwd=str(tmpdir), start_new_session=True, close_fds=True,
             )
-        status, rusage, timed_out = _wait(proc, started + limits.time_s)
+        status, sampled, timed_out = _wait(proc, started + limits.time_s)
         wall = time.monotonic() - started
         result = _read_result(tmpdir / "result.json")
-        # the child's own high-water mark when it could report one (see own_peak_rss_bytes); else
-        # wait4's figure, an upper bound that includes the parent's size at the fork
-        reported = result.get("peak_rss_bytes") if isinstance(result, dict) else None
-        if isinstance(reported, int) and reported > 0:
-            peak = reported
-        else:
-            peak = int(rusage.ru_maxrss) * 1024 if rusage is not None else 0
+        reported = result.get("peak_rss_bytes") if result is not None else None
+        peak = max(sampled, reported if isinstance(reported, int) else 0)
         log_tail = (tmpdir / "child.log").read_bytes()[-20000:].decode("utf-8", "replace")
     return _outcome(result, status, peak, wall, timed_out, limits, what, log_tail)
 
 
-def _wait(proc: subprocess.Popen, deadline: float) -> tuple[int, Any, bool]:
-    """Reap the child with its resource usage; kill its group past the deadline (and on any
-    exception in this thread, e.g. a job's asynchronous cancel)."""
-    pause, timed_out = 0.005, False
+def vm_hwm(pid: int | str = "self") -> int:
+    """Peak resident memory (``VmHWM``) of a live process in bytes; 0 where /proc cannot tell."""
+    try:
+        with open(f"/proc/{pid}/status", "rb") as fh:
+            for line in fh:
+                if line.startswith(b"VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0
+
+
+def _wait(proc: subprocess.Popen, deadline: float) -> tuple[int, int, bool]:
+    """Reap the child, sampling its peak memory while it runs; kill its group past the deadline
+    (and on any exception in this thread, e.g. a job's asynchronous cancel)."""
+    pause, timed_out, peak = 0.005, False, 0
     try:
         while True:
-            pid, status, rusage = os.wait4(proc.pid, os.WNOHANG)
+            peak = max(peak, vm_hwm(proc.pid))
+            pid, status, _ = os.wait4(proc.pid, os.WNOHANG)
             if pid:
                 break
             if time.monotonic() > deadline:
                 timed_out = True
+                peak = max(peak, vm_hwm(proc.pid))
                 _kill_group(proc.pid)
-                pid, status, rusage = os.wait4(proc.pid, 0)
+                pid, status, _ = os.wait4(proc.pid, 0)
                 break
             time.sleep(pause)
             pause = min(0.05, pause * 1.5)
@@ -280,7 +295,7 @@ def _wait(proc: subprocess.Popen, deadline: float) -> tuple[int, Any, bool]:
         raise
     _kill_group(proc.pid)  # anything the child left behind in its group
     proc.returncode = os.waitstatus_to_exitcode(status)
-    return status, rusage, timed_out
+    return status, peak, timed_out
 
 
 def _outcome(result: dict[str, Any] | None, status: int, peak: int, wall: float, timed_out: bool,
@@ -344,24 +359,8 @@ def _is_memory_error(exc: BaseException) -> bool:
     return isinstance(exc, (RuntimeError, ValueError, OSError)) and any(w in text for w in _MEMORY_WORDS)
 
 
-def own_peak_rss_bytes() -> int | None:
-    """This process's own peak resident memory since its last exec (``VmHWM``), or None.
-
-    ``ru_maxrss`` of a child is no use for this: Linux carries it across ``execve`` from the
-    forking parent, so a child of a 500 MB test runner or worker reports at least 500 MB whatever
-    it did itself. ``VmHWM`` belongs to the address space the exec made.
-    """
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    return None
-
-
 def _write_result(path: str, value: dict[str, Any]) -> None:
-    value = {**value, "peak_rss_bytes": own_peak_rss_bytes()}
+    value["peak_rss_bytes"] = vm_hwm()
     tmp = Path(path + ".tmp")
     tmp.write_text(json.dumps(value))
     os.replace(tmp, path)

@@ -2,7 +2,7 @@
 allocate the 2.4 GB that ``"hidden": [8000000]`` would need (issue 11, finding 3).
 
 The attacks run in the sandbox child (:mod:`workers.sandbox`), whose peak resident memory
-(``ru_maxrss`` from ``wait4``) is compared with a child that refuses a one-line manifest."""
+(``VmHWM``, see :mod:`workers.sandbox`) is compared with a child that refuses a one-line manifest."""
 from __future__ import annotations
 
 import json
