@@ -510,6 +510,10 @@ class FitResult:
     history: list[dict[str, float]]
     coefficients: torch.Tensor | None  # (N, k) when the data are in memory
     coef_second_moment: torch.Tensor = field(default=None)  # type: ignore[assignment]
+    optimality: float = 0.0  # relative gradient norm at the end (BregmanSolver.optimality)
+    optimality_tol: float = 0.0
+    starts: dict | None = None  # final divergence of each start (multi-start fits)
+    stopped: bool = False  # the callback stopped the fit
 
 
 @dataclass
@@ -522,6 +526,8 @@ class SolverOptions:
     joint_mean: bool
     callback: Callable[[dict[str, float]], Any] | None
     generator: torch.Generator
+    joint_steps: bool = True
+    multi_start: bool = True
 
 
 class BregmanSolver:
@@ -532,6 +538,9 @@ class BregmanSolver:
         self.N, self.d = source.n_rows, source.d
         self.dtype, self.device = source.dtype, source.device
         self.t0 = time.perf_counter()
+        # converged: relative gradient norm r <= sqrt(tol), i.e. a Newton step in (m, V) would
+        # lower the objective by less than about tol/2 relative
+        self.gtol = math.sqrt(opts.tol)
 
     # --- passes ---------------------------------------------------------------------------
     def _blocks(self):
@@ -619,6 +628,25 @@ class BregmanSolver:
         store.commit()
         return cand
 
+    def optimality(self, st: dict) -> float:
+        """First-order optimality of (m, V) at the current coefficients: the relative gradient
+        norm ``r = sqrt(gᵀ H⁻¹ g / (2 L))``, g the gradient of the objective L in (V, m) with C
+        fixed, H its per-unit Hessian blocks (exact for element-wise transfers; softmax: the
+        diagonal blocks of the coupled Hessian), L the objective (plus a small absolute floor).
+        ``r²`` is the relative decrease a Newton step on (m, V) predicts, so r does not depend
+        on the data's units, N, or the basis of V; it is 0 exactly at a stationary point (the
+        coefficients being optimal for their rows)."""
+        G, H = st["G"], st["H"]
+        K = H.shape[-1]
+        eye = torch.eye(K, dtype=self.dtype, device=self.device)
+        scale = torch.diagonal(H, dim1=-2, dim2=-1).mean(-1, keepdim=True).clamp_min(torch.finfo(self.dtype).tiny)
+        x = solve_spd(H + eye * (torch.finfo(self.dtype).eps * 16 * scale).unsqueeze(-1), G)
+        if not self.tr.elementwise:
+            x = self.tr.remove_gauge(x.T).T
+        dec = float((G * x).sum(dtype=torch.float64))
+        total = self.N * (st["objective"] + self.atol)
+        return math.sqrt(max(dec, 0.0) / (2 * total)) if total > 0 else 0.0
+
     def _hessian_blocks(self, store: CoefStore, m, V):
         """(Z, Q) per row block at the current (m, V, C): Z = [C, 1] (joint) or C, Q = f(Â).
 
@@ -705,6 +733,187 @@ class BregmanSolver:
         if not bool(torch.isfinite(x).all()) or float((G * x).sum()) >= 0:
             return -precondition(G)
         return self.tr.remove_gauge(x.T).T
+
+    # --- the joint (variable projection) Newton step -------------------------------------
+    def _apply_h(self, blk: dict, U: torch.Tensor) -> torch.Tensor:
+        """``∇²F(â_n) u_n`` for every row (element-wise: a product; softmax: diag(q) − q qᵀ)."""
+        if self.tr.elementwise:
+            return blk["h"] * U
+        W = blk["Q"] * U
+        return W - blk["Q"] * W.sum(-1, keepdim=True)
+
+    def _reduced_blocks(self, store: CoefStore, m, V):
+        """Per row block at (m, V, C): Z, residual R = f(Â) − y, the Hessian weights and the
+        Cholesky factors of the rows' coefficient Hessians ``Vᵀ∇²F(â)V + λI``. Kept in memory
+        for in-memory data (one computation per step), recomputed per pass for streamed data."""
+        cache = getattr(self, "_red_cache", None)
+        if cache is not None:
+            yield from cache
+            return
+        keep = [] if self.src.in_memory else None
+        tr, lam = self.tr, self.o.ridge
+        gram = PairGram(V)
+        eye = torch.eye(self.k, dtype=self.dtype, device=self.device)
+        for s, X in self._blocks():
+            C = store.get(s, s + X.shape[0])
+            Z = torch.cat([C, torch.ones_like(C[:, :1])], 1) if self.o.joint_mean else C
+            A = m + C @ V.T
+            Q = tr.f(A)
+            blk = {"s": s, "Z": Z, "R": Q - tr.f(X)}
+            if tr.elementwise:
+                blk["h"] = tr.hessian_diag_from_output(A, Q)
+                Hcc = gram(blk["h"])
+            else:
+                blk["Q"] = Q
+                u = Q @ V
+                Hcc = gram(Q) - u.unsqueeze(2) * u.unsqueeze(1)
+            Hcc = Hcc + lam * eye
+            Lc, info = torch.linalg.cholesky_ex(Hcc)
+            if bool((info != 0).any()):
+                jitter = torch.diagonal(Hcc, dim1=-2, dim2=-1).abs().amax(-1).clamp_min(torch.finfo(self.dtype).tiny)
+                Lc, _ = torch.linalg.cholesky_ex(Hcc + (1e-6 * jitter)[:, None, None] * eye)
+            blk["L"] = Lc
+            if keep is not None:
+                keep.append(blk)
+            yield blk
+        store.commit()
+        if keep is not None:
+            self._red_cache = keep
+
+    def _coef_response(self, blk: dict, V, P: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """For a change P (d, K) of (V, m): the rows' coefficient change ``−w`` that keeps them
+        optimal to first order, and U = Z Pᵀ (the change of Â at fixed C)."""
+        U = blk["Z"] @ P.T
+        b = self._apply_h(blk, U) @ V + blk["R"] @ P[:, : self.k]
+        w = torch.cholesky_solve(b.unsqueeze(-1), blk["L"]).squeeze(-1)
+        return w, U
+
+    def _reduced_hvp(self, store: CoefStore, m, V, P: torch.Tensor) -> torch.Tensor:
+        """Hessian of ``(m, V) ↦ min_C L`` (the Schur complement of the joint Hessian) applied
+        to P: the coefficients follow the directions, so valleys where a change of V is
+        compensated by C (which alternating steps crawl along) are taken in one step."""
+        out = torch.zeros_like(P)
+        for blk in self._reduced_blocks(store, m, V):
+            w, U = self._coef_response(blk, V, P)
+            dA = U - w @ V.T
+            out += self._apply_h(blk, dA).T @ blk["Z"]
+            out[:, : self.k] -= blk["R"].T @ w
+        return out
+
+    def _reduced_step(self, store: CoefStore, m, V, st, Hd: torch.Tensor, mu: torch.Tensor):
+        """Newton-CG on the reduced objective; returns (ΔΘ, ΔC store) or None."""
+        tr = self.tr
+        self._red_cache = None
+        G = st["G"]
+        L, info = torch.linalg.cholesky_ex(Hd)
+        if bool((info != 0).any()):
+            return None
+
+        def precondition(r):
+            x = torch.cholesky_solve(r.unsqueeze(-1), L).squeeze(-1)
+            return x if tr.elementwise else tr.remove_gauge(x.T).T
+
+        mu = mu.reshape(-1, 1)
+        g_norm = float(G.norm())
+        if g_norm == 0 or not math.isfinite(g_norm):
+            return None
+        x = torch.zeros_like(G)
+        r = -G
+        z = precondition(r)
+        p = z
+        rz = float((r * z).sum())
+        for it in range(_CG_MAX_ITER):
+            Hp = self._reduced_hvp(store, m, V, p) + mu * p
+            pHp = float((p * Hp).sum())
+            if not pHp > 0:  # negative curvature: stop (the first iteration: the gradient step)
+                if it == 0:
+                    x = p * (rz / max(float((p * (mu * p)).sum()), float((p * p).sum()) * 1e-12, 1e-300))
+                break
+            alpha = rz / pHp
+            x = x + alpha * p
+            r = r - alpha * Hp
+            if float(r.norm()) <= 0.05 * g_norm:
+                break
+            z = precondition(r)
+            rz_new = float((r * z).sum())
+            if not rz_new > 0:
+                break
+            p = z + (rz_new / rz) * p
+            rz = rz_new
+        if not tr.elementwise:
+            x = tr.remove_gauge(x.T).T
+        if not bool(torch.isfinite(x).all()) or float((G * x).sum()) >= 0:
+            self._red_cache = None
+            return None
+        dC = CoefStore(self.N, self.k, dtype=self.dtype, device=self.device, on_disk=not self.src.in_memory)
+        for blk in self._reduced_blocks(store, m, V):
+            w, _ = self._coef_response(blk, V, x)
+            dC.set(blk["s"], blk["s"] + w.shape[0], -w)
+        self._red_cache = None
+        return x, dC
+
+    def _joint_candidates(self, store: CoefStore, dC: CoefStore, m, theta, delta, steps) -> torch.Tensor:
+        """Objective (shifted by a constant of the data, ridge included) at
+        ``(Θ + t ΔΘ, C + t ΔC)`` for each t."""
+        lam = self.o.ridge
+        out = torch.zeros(len(steps), dtype=torch.float64, device=self.device)
+        for s, X in self._blocks():
+            Y = self.tr.f(X)
+            e = s + X.shape[0]
+            C, D = store.get(s, e), dC.get(s, e)
+            for i, t in enumerate(steps):
+                Ct = C + t * D
+                Z = torch.cat([Ct, torch.ones_like(Ct[:, :1])], 1) if self.o.joint_mean else Ct
+                th = theta + t * delta
+                A = Z @ th.T if self.o.joint_mean else m + Z @ th.T
+                val = self._unit_divergence(A, Y)[0].sum() + 0.5 * lam * (Ct * Ct).sum()
+                out[i] += val.to(torch.float64)
+        store.commit()
+        return out
+
+    def joint_step(self, store: CoefStore, m, V, st, damping: torch.Tensor):
+        """Newton step on ``(m, V) ↦ min_C L`` with the coefficients moving along (to first
+        order) with the directions; a backtracking line search on the joint objective keeps it
+        monotone. Returns (m, V, accepted)."""
+        G, H = st["G"], st["H"]
+        K = H.shape[-1]
+        eye = torch.eye(K, dtype=self.dtype, device=self.device)
+        scale = torch.diagonal(H, dim1=-2, dim2=-1).mean(-1, keepdim=True).clamp_min(torch.finfo(self.dtype).tiny)
+        mu = (float(damping.max()) + 16 * torch.finfo(self.dtype).eps) * scale
+        Hd = H + eye * mu.unsqueeze(-1)
+        got = self._reduced_step(store, m, V, st, Hd, mu)
+        if got is None:
+            return m, V, False
+        delta, dC = got
+        theta = torch.cat([V, m.unsqueeze(1)], 1) if self.o.joint_mean else V
+        try:
+            steps = [0.0]
+            vals = None
+            slope = float((G * delta).sum())
+            for stage in _DIRECTION_STAGES:
+                part = self._joint_candidates(store, dC, m, theta, delta, ((0.0,) if vals is None else ()) + stage)
+                vals = part if vals is None else torch.cat([vals, part])
+                steps += list(stage)
+                base = float(vals[0])
+                slack = 64 * torch.finfo(self.dtype).eps * abs(base)
+                ts = torch.tensor(steps, dtype=torch.float64)
+                ok = torch.isfinite(vals) & (vals <= base + _ARMIJO * ts * slope + slack) & (ts > 0)
+                if bool(ok.any()):
+                    break
+            if not bool(ok.any()):
+                return m, V, False
+            t = steps[int(ok.to(torch.int8).argmax())]
+            for s0 in range(0, self.N, 1 << 16):
+                e0 = min(s0 + (1 << 16), self.N)
+                store.set(s0, e0, store.get(s0, e0) + t * dC.get(s0, e0))
+            store.commit()
+            self._joint_t = t
+        finally:
+            dC.close()
+        step = t * delta
+        if self.o.joint_mean:
+            return m + step[:, -1], V + step[:, :-1], True
+        return m, V + step, True
 
     def direction_step(self, store: CoefStore, m, V, st, damping: torch.Tensor):
         """Damped Newton step on (V, m) with C fixed; a line search keeps the objective monotone.
@@ -822,7 +1031,7 @@ class BregmanSolver:
             T, T_inv = normalizer(self.tr, m, V)
             V = V @ T
             store.change_basis(T_inv)
-        st = self.coefficient_pass(store, m, V, max_steps=self.o.polish_steps if polish else 0, stats=False,
+        st = self.coefficient_pass(store, m, V, max_steps=self.o.polish_steps if polish else 0, stats=True,
                                    second_moment=True, settle=True)
         ev, U = torch.linalg.eigh(0.5 * (st["S"] + st["S"].T))
         U = U.flip(1)
@@ -853,6 +1062,37 @@ class BregmanSolver:
 
     # --- driver ---------------------------------------------------------------------------
     def run(self, mom: Moments, init: tuple[torch.Tensor, torch.Tensor] | None = None) -> FitResult:
+        """Fit from ``init`` (a warm start), or, with the joint mean, from several starts.
+
+        The objective is not jointly convex, and a start decides the basin: on the logits of
+        a trained 10-class classifier the PCA start alone once ended 27x above the
+        centroid-held fit. With ``init=None`` and the joint mean, two candidates are polished
+        and the lower divergence is kept: (1) the joint fit from Euclidean PCA; (2) the
+        centroid-held fit (the paper's model, from the centroid with directions from the
+        scatter around it), then freed into a joint fit from where it ended. Every step is
+        monotone, so the result is never above Euclidean PCA nor above the centroid fit.
+        """
+        if init is None and self.o.joint_mean and self.tr.invertible and self.o.multi_start:
+            from dataclasses import replace
+
+            first = self._single(mom, None)
+            if first.stopped:  # the callback asked to stop: no further starts
+                return first
+            held = BregmanSolver(self.src, self.tr, self.k, replace(self.o, joint_mean=False, multi_start=False))
+            centroid = held._single(mom, None)
+            second = centroid
+            if not centroid.stopped:
+                freed = BregmanSolver(self.src, self.tr, self.k, replace(self.o, multi_start=False))
+                second = freed._single(mom, (centroid.mean, centroid.V))
+                second.n_iter += centroid.n_iter
+            best = first if first.divergence <= second.divergence else second
+            best.pca_divergence, best.init_divergence = first.pca_divergence, first.init_divergence
+            best.starts = {"pca": first.divergence, "centroid": centroid.divergence,
+                           "centroid_then_joint": second.divergence}
+            return best
+        return self._single(mom, init)
+
+    def _single(self, mom: Moments, init: tuple[torch.Tensor, torch.Tensor] | None) -> FitResult:
         tr, o = self.tr, self.o
         k = self.k
         pca_V, _ = top_eigenvectors(mom.scatter, k, tr, o.generator)
@@ -905,26 +1145,41 @@ class BregmanSolver:
                 init_obj = st["objective"]
                 init_div = st["divergence"]
             div, obj = st["divergence"], st["objective"]
-            m, V, damping = self.direction_step(store, m, V, st, damping)
+            opt = self.optimality(st)
+            if o.joint_steps:
+                m, V, moved = self.joint_step(store, m, V, st, damping)
+                t = getattr(self, "_joint_t", 0.0) if moved else 0.0
+                # Levenberg-Marquardt: relax after full steps, tighten after short or failed ones
+                damping = damping / 3 if t == 1.0 else damping if t >= 0.25 else damping * 4 + 1e-4
+                damping = damping.clamp(0, 1e6)
+                if not moved:
+                    m, V, damping = self.direction_step(store, m, V, st, damping)
+            else:
+                m, V, damping = self.direction_step(store, m, V, st, damping)
             if C_in is not None:
                 m, V, beta = self.extrapolate(store, (m_in, V_in, C_in), (m, V), beta)
                 C_in.close()
             n_iter = it
             info = {"iteration": it, "elapsed_s": time.perf_counter() - self.t0, "divergence": div,
-                    "objective": obj, "newton_iterations": st["newton"]}
+                    "objective": obj, "newton_iterations": st["newton"], "optimality": opt}
             history.append(info)
             logger.debug("bregman pca iteration %d: divergence %.6g objective %.6g", it, div, obj)
             stop = bool(o.callback(dict(info))) if o.callback is not None else False
             rel = (prev - obj) / max(abs(prev), torch.finfo(self.dtype).tiny) if math.isfinite(prev) else math.inf
-            if rel < o.tol or obj <= torch.finfo(self.dtype).tiny:
-                converged = True
+            # Stop on the optimality measure (r² is the relative decrease a Newton step in (m, V)
+            # still promises), or when an iteration gains (almost) nothing: stagnation at the
+            # round-off floor. A small decrease alone is not convergence: alternating steps
+            # creep through valleys, and a stalled step once read as "converged" at 27x the optimum.
+            if opt <= self.gtol or obj <= torch.finfo(self.dtype).tiny or rel < o.tol * o.tol:
                 break
             prev = obj
             if stop:
+                self._stopped = True
                 break
             m, V = self.renormalize(store, m, V)
         V, st = self.finalize_basis(store, m, V)
         final_div = st["divergence"]
+        final_opt = self.optimality(st)
         # Every step decreases the objective D + R (R the ridge term; a change of basis during
         # the iterations is taken only when it does not raise R), so up to round-off the end's
         # divergence is at most the start's objective D₀ + R₀. With ridge = 0 that is the start's
@@ -949,10 +1204,12 @@ class BregmanSolver:
             self.initial_pass(store, m, B, V, pca_mean, pca_V, warm)
             V, st = self.finalize_basis(store, m, V, polish=o.ridge > 0)
             final_div = st["divergence"]
+            final_opt = self.optimality(st)
         d0, by_k = self.divergence_by_k(store, m, V)
         coefficients = store.all().clone() if self.src.in_memory else None
         return FitResult(
             mean=m, V=V, divergence=final_div, pca_divergence=pca_div, init_divergence=init_div,
             mean_only_divergence=d0, divergence_by_k=by_k + [final_div], n_iter=n_iter,
-            converged=converged, history=history, coefficients=coefficients, coef_second_moment=st["S"],
+            converged=final_opt <= self.gtol, history=history, coefficients=coefficients, coef_second_moment=st["S"],
+            optimality=final_opt, optimality_tol=self.gtol, stopped=getattr(self, "_stopped", False),
         )

@@ -568,6 +568,9 @@ class BregmanPCA:
         self.explained_divergence_ratio_ = self._ratios(res.mean_only_divergence, res.divergence_by_k)
         self.n_iter_ = int(res.n_iter)
         self.converged_ = bool(res.converged)
+        self.optimality_ = float(res.optimality)
+        self.optimality_tol_ = float(res.optimality_tol)
+        self.starts_ = dict(res.starts) if res.starts else {}
         self.history_ = res.history
         self._train_coefficients = res.coefficients
 
@@ -595,6 +598,9 @@ class BregmanPCA:
         self.explained_divergence_ratio_ = self._ratios(self.mean_only_divergence_, by_k)
         self.n_iter_ = 0
         self.converged_ = True
+        self.optimality_ = 0.0
+        self.optimality_tol_ = math.sqrt(float(self.tol))
+        self.starts_ = {}
         self.history_ = []
 
     # --- projection and reconstruction --------------------------------------------------------
