@@ -485,6 +485,16 @@ def top_eigenvectors(S: torch.Tensor, k: int, transfer: Transfer, generator: tor
     return flip_signs(V), ev
 
 
+def dual_centroid(transfer: Transfer, mean_output: torch.Tensor) -> torch.Tensor:
+    """The optimal mean of the mean-only model: ``m`` with ``f(m) = (1/N) Σ f(a_n)``.
+
+    ``f⁻¹`` of the mean output where f is invertible; ReLU: the mean output itself (it is
+    ≥ 0, and f(y) = y there)."""
+    if transfer.invertible:
+        return transfer.remove_gauge(transfer.f_inv(mean_output))
+    return mean_output
+
+
 def flip_signs(V: torch.Tensor) -> torch.Tensor:
     """Make the largest-magnitude entry of each column positive (deterministic output)."""
     idx = V.abs().argmax(0)
@@ -1043,22 +1053,46 @@ class BregmanSolver:
         st["S"] = (U * signs).T @ st["S"] @ (U * signs)
         return V, st
 
-    def divergence_by_k(self, store: CoefStore, m, V) -> tuple[float, list[float]]:
-        """Mean divergence of the mean-only model, and with the fit's coefficients truncated to
-        the first j directions, j = 1..k-1 (one pass; a lower bound on the share a fresh
-        projection onto those j directions would explain)."""
-        tr = self.tr
+    def divergence_by_k(self, store: CoefStore, m, V, centroid: torch.Tensor, final_div: float
+                        ) -> tuple[float, list[float]]:
+        """The best mean-only model's divergence ``D0`` and ``D_j`` for j = 1..k.
+
+        ``D0``: all rows at the dual-space centroid ``f⁻¹(mean f(a))``, the optimal mean when
+        there are no directions (the divergence is convex in its first argument, with
+        gradient ``N (f(m) − mean f(a))``). ``D_j``: the divergence of the best of the
+        models with at most j directions at hand: the centroid alone, and the fit's mean
+        with its first j directions and coefficients re-optimized for them (each prefix
+        re-projected, warm-started from the previous prefix's optimum, which Newton's line
+        search can only improve). So ``D_k ≤ … ≤ D_1 ≤ D0`` and every share
+        ``(D0 − D_j)/D0`` lies in [0, 1]; ``D_k`` is the fit's own divergence (or D0, were that
+        lower)."""
+        tr, lam = self.tr, self.o.ridge
         tot0 = 0.0
         tots = [0.0] * (self.k - 1)
+        steps = max(2 * self.o.newton_steps, 10)
         for s, X in self._blocks():
             C = store.get(s, s + X.shape[0])
-            tot0 += float(tr.divergence(m.expand_as(X), X).sum())
-            A_hat = m.expand_as(X)
+            tot0 += float(tr.divergence(centroid.expand_as(X), X).sum())
+            Y = tr.f(X)
+            prev = C[:, :0]
             for j in range(1, self.k):
-                A_hat = A_hat + C[:, j - 1 : j] * V[:, j - 1]
-                tots[j - 1] += float(tr.divergence(A_hat, X).sum())
+                Vj = V[:, :j]
+                zero = torch.cat([prev, torch.zeros_like(C[:, :1])], 1)
+                trunc = torch.cat([prev, C[:, j - 1 : j]], 1)
+                _, _, phi_z = _row_objective(tr, X, m, Vj, zero, lam)
+                _, _, phi_t = _row_objective(tr, X, m, Vj, trunc, lam)
+                C0 = torch.where((phi_t < phi_z).unsqueeze(1), trunc, zero)
+                res = solve_coefficients(tr, X, m, Vj, lam, C0, max_steps=steps, atol=self.atol, Y=Y, settle=False)
+                prev = res.C
+                tots[j - 1] += float(res.divergence.sum())
         store.commit()
-        return tot0 / self.N, [t / self.N for t in tots]
+        d0 = tot0 / self.N
+        by_k = [t / self.N for t in tots] + [final_div]
+        best, out = d0, []
+        for v in by_k:
+            best = min(best, v)
+            out.append(best)
+        return d0, out
 
     # --- driver ---------------------------------------------------------------------------
     def run(self, mom: Moments, init: tuple[torch.Tensor, torch.Tensor] | None = None) -> FitResult:
@@ -1103,7 +1137,7 @@ class BregmanSolver:
         elif o.joint_mean:
             m, V, warm = pca_mean, pca_V, False
         else:
-            m = tr.remove_gauge(tr.f_inv(mom.mean_output))
+            m = dual_centroid(tr, mom.mean_output)
             shift = mom.mean - m
             S0 = mom.scatter + mom.n * torch.outer(shift, shift)
             V, _ = top_eigenvectors(S0, k, tr, o.generator)
@@ -1205,11 +1239,11 @@ class BregmanSolver:
             V, st = self.finalize_basis(store, m, V, polish=o.ridge > 0)
             final_div = st["divergence"]
             final_opt = self.optimality(st)
-        d0, by_k = self.divergence_by_k(store, m, V)
+        d0, by_k = self.divergence_by_k(store, m, V, dual_centroid(tr, mom.mean_output), final_div)
         coefficients = store.all().clone() if self.src.in_memory else None
         return FitResult(
             mean=m, V=V, divergence=final_div, pca_divergence=pca_div, init_divergence=init_div,
-            mean_only_divergence=d0, divergence_by_k=by_k + [final_div], n_iter=n_iter,
+            mean_only_divergence=d0, divergence_by_k=by_k, n_iter=n_iter,
             converged=final_opt <= self.gtol, history=history, coefficients=coefficients, coef_second_moment=st["S"],
             optimality=final_opt, optimality_tol=self.gtol, stopped=getattr(self, "_stopped", False),
         )
