@@ -15,7 +15,9 @@ from bregman.pca import BregmanPCA, NotFittedError
 from bregman.transfers import NonMonotoneTransferError, get_transfer
 from tests.bregman._pca_fixtures import (  # noqa: F401  (single_thread is a fixture)
     NONLINEAR_TRANSFERS,
+    check_fit_invariants,
     data_for,
+    digits_teacher_logits,
     low_rank_data,
     peaked_logits,
     single_thread,
@@ -507,3 +509,134 @@ def test_fit_accepts_tensors_that_require_grad(name):
     chunked = BregmanPCA(name, n_components=2).fit([A[:60], A[60:]])
     assert est.divergence_ == pytest.approx(chunked.divergence_, rel=1e-5)
     assert not est.transform(A).requires_grad
+
+
+# --- globalization: the default fit reaches the best of independent references (issue 12) ----
+def _random_start_fits(A: torch.Tensor, name: str, k: int, starts: int = 5, seed: int = 0) -> list[float]:
+    """Joint fits from random (mean, directions), run to a tight tolerance: references that
+    share no start with the default fit."""
+    from bregman._arrays import RowSource
+    from bregman._pca_solver import BregmanSolver, SolverOptions, moments
+
+    tr = get_transfer(name)
+    src = RowSource(A)
+    mom = moments(src, tr)
+    g = torch.Generator().manual_seed(seed)
+    spread = A.std(0).clamp_min(1e-3)
+    out = []
+    for _ in range(starts):
+        m = tr.remove_gauge(mom.mean + spread * torch.randn(A.shape[1], generator=g, dtype=A.dtype))
+        V = tr.remove_gauge(torch.randn(k, A.shape[1], generator=g, dtype=A.dtype)).T
+        opts = SolverOptions(ridge=1e-7, max_iter=150, tol=1e-10, newton_steps=5, polish_steps=50, joint_mean=True,
+                             callback=None, generator=torch.Generator().manual_seed(0))
+        out.append(BregmanSolver(src, tr, k, opts).run(mom, init=(m, V)).divergence)
+    return out
+
+
+def _assert_default_reaches_the_references(A: torch.Tensor, name: str, k: int, random_starts: int = 5) -> BregmanPCA:
+    est = BregmanPCA(name, n_components=k).fit(A)
+    check_fit_invariants(est)
+    refs = {"pca": est.pca_divergence_}
+    if random_starts:
+        refs["random"] = min(_random_start_fits(A, name, k, starts=random_starts))
+    if get_transfer(name).invertible:
+        centroid = BregmanPCA(name, n_components=k, mean="centroid").fit(A)
+        check_fit_invariants(centroid)
+        refs["centroid"] = centroid.divergence_
+        # the joint model contains the centroid model, and the centroid fit is one of the starts
+        assert est.divergence_ <= centroid.divergence_ * (1 + 1e-9)
+    best = min(refs.values())
+    assert est.divergence_ <= (1 + 1e-3) * best + 1e-12, (est.divergence_, refs)
+    return est
+
+
+@pytest.fixture(scope="module")
+def digits_logits() -> torch.Tensor:
+    return digits_teacher_logits()
+
+
+@pytest.mark.parametrize("k", [1, 2, 3])
+def test_default_fit_on_digits_logits_reaches_the_best_reference(digits_logits, k):
+    """Pinned regression (issue 12): on a digits classifier's peaked logits the PCA start alone
+    stopped 27x above the centroid-held fit, with converged_=True."""
+    est = _assert_default_reaches_the_references(digits_logits, "softmax", k)
+    assert est.divergence_ < 0.5 * est.pca_divergence_  # far below Euclidean PCA of the logits
+    assert set(est.starts_) == {"pca", "centroid", "centroid_then_joint"}
+    assert est.divergence_ == pytest.approx(min(est.starts_.values()), rel=1e-12)
+
+
+@pytest.mark.parametrize("k", [1, 3])
+def test_default_fit_on_digits_logits_converges_within_the_default_max_iter(digits_logits, k):
+    est = BregmanPCA("softmax", n_components=k).fit(digits_logits)
+    assert est.converged_ and est.optimality_ <= est.optimality_tol_
+    assert est.n_iter_ <= 2 * est.max_iter  # each start within max_iter (the kept one: two phases)
+
+
+@settings(max_examples=6, deadline=None)
+@given(
+    name=st.sampled_from(NONLINEAR_TRANSFERS),
+    seed=st.integers(0, 10_000),
+    n=st.integers(20, 60),
+    d=st.integers(3, 6),
+    k=st.integers(1, 2),
+)
+@example(name="softmax", seed=3, n=40, d=5, k=1)
+@example(name="leaky_relu", seed=0, n=60, d=6, k=2)
+def test_property_default_fit_reaches_the_best_of_centroid_and_pca(name, seed, n, d, k):
+    """Random starts are not a reference here: on small synthetic logits (e.g. softmax, seed 3,
+    n 40, d 5, k 1) one of five random starts found a basin 9 % below the default's two starts
+    (reported in issue 12's note; the digits pins above do hold against random starts)."""
+    A = data_for(name, n=n, d=d, seed=seed)
+    _assert_default_reaches_the_references(A, name, min(k, d - 1), random_starts=0)
+
+
+# --- honest convergence ----------------------------------------------------------------------
+def _independent_optimality(est: BregmanPCA, A: torch.Tensor, C: torch.Tensor) -> float:
+    """sqrt(gᵀH⁻¹g / 2L) from autograd's gradient in (V, m) and per-unit Hessian blocks built
+    by hand (element-wise transfer), at the returned mean, directions and coefficients."""
+    tr = est.transfer_
+    m = est.mean_.clone().requires_grad_(True)
+    V = est.components_.T.clone().requires_grad_(True)
+    A_hat = m + C @ V.T
+    L = tr.divergence(A_hat, A).sum() + 0.5 * est.ridge_ * (C * C).sum()
+    gV, gm = torch.autograd.grad(L, (V, m))
+    G = torch.cat([gV, gm.unsqueeze(1)], 1)  # (d, k + 1)
+    Z = torch.cat([C, torch.ones_like(C[:, :1])], 1)
+    h = tr.hessian_diag(A_hat.detach())
+    H = torch.einsum("nj,na,nb->jab", h, Z, Z)
+    x = torch.linalg.solve(H, G.unsqueeze(-1)).squeeze(-1)
+    total = float(L) + A.shape[0] * 1e-3 * est.pca_divergence_
+    return (float((G * x).sum()) / (2 * total)) ** 0.5
+
+
+def test_converged_is_false_exactly_when_the_optimality_measure_misses_its_tolerance():
+    A = data_for("sigmoid", n=200, d=8, seed=31)
+    short = BregmanPCA("sigmoid", n_components=2, max_iter=1, tol=1e-8, mean="centroid").fit(A)
+    check_fit_invariants(short)
+    assert not short.converged_ and short.optimality_ > short.optimality_tol_
+    full = BregmanPCA("sigmoid", n_components=2).fit(A)
+    check_fit_invariants(full)
+    assert full.converged_ and full.optimality_ <= full.optimality_tol_ == pytest.approx(full.tol ** 0.5)
+    # the measure itself, recomputed independently at what the fit returned
+    C = full.transform(A)
+    assert full.optimality_ == pytest.approx(_independent_optimality(full, A, C), rel=1e-3, abs=1e-7)
+    assert short.optimality_ > 10 * full.optimality_
+
+
+def test_pca_divergence_matches_scikit_learn_pca_scored_by_hand():
+    from sklearn.decomposition import PCA
+
+    A = data_for("sigmoid", n=150, d=7, seed=32)
+    est = BregmanPCA("sigmoid", n_components=3).fit(A)
+    a = A.numpy()
+    rec = PCA(n_components=3).fit(a).inverse_transform(PCA(n_components=3).fit(a).transform(a))
+    p, q = 1 / (1 + np.exp(-a)), 1 / (1 + np.exp(-rec))
+    kl = np.sum(p * np.log(p / q) + (1 - p) * np.log((1 - p) / (1 - q)), axis=1).mean()
+    assert est.pca_divergence_ == pytest.approx(kl, rel=1e-8)
+    L = peaked_logits(n=150, d=6, seed=33)
+    soft = BregmanPCA("softmax", n_components=2).fit(L)
+    centred = (L - L.mean(1, keepdim=True)).numpy()
+    rec = PCA(n_components=2).fit(centred).inverse_transform(PCA(n_components=2).fit(centred).transform(centred))
+    logp = centred - np.log(np.exp(centred).sum(1, keepdims=True))
+    logq = rec - np.log(np.exp(rec).sum(1, keepdims=True))
+    assert soft.pca_divergence_ == pytest.approx(np.mean(np.sum(np.exp(logp) * (logp - logq), 1)), rel=1e-8)
