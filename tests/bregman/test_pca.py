@@ -648,3 +648,14 @@ def test_pca_divergence_matches_scikit_learn_pca_scored_by_hand():
     logp = centred - np.log(np.exp(centred).sum(1, keepdims=True))
     logq = rec - np.log(np.exp(rec).sum(1, keepdims=True))
     assert soft.pca_divergence_ == pytest.approx(np.mean(np.sum(np.exp(logp) * (logp - logq), 1)), rel=1e-8)
+
+
+def test_an_unconverged_fit_puts_a_warning_into_the_job_metrics():
+    from workers.representation import convergence_warnings
+
+    A = data_for("sigmoid", n=200, d=8, seed=31)
+    short = BregmanPCA("sigmoid", n_components=2, max_iter=1, tol=1e-8, mean="centroid").fit(A)
+    (warning,) = convergence_warnings(short, 1)
+    assert "did not converge in 1 iterations" in warning and "solver.max_iter=200" in warning
+    assert f"{short.optimality_:.3g} > tol {short.optimality_tol_:.3g}" in warning
+    assert convergence_warnings(BregmanPCA("sigmoid", n_components=2).fit(A), 100) == []
