@@ -926,6 +926,22 @@ class BregmanSolver:
         return m, V + step, True
 
     def direction_step(self, store: CoefStore, m, V, st, damping: torch.Tensor):
+        """The (m, V) step of an outer iteration; the objective never increases.
+
+        The joint step (:meth:`joint_step`: Newton-CG on ``(m, V) ↦ min_C L``, the coefficients
+        following) where it finds a decrease, else the step with C fixed
+        (:meth:`fixed_coefficient_step`). Returns (m, V, damping)."""
+        if self.o.joint_steps:
+            m2, V2, moved = self.joint_step(store, m, V, st, damping)
+            t = getattr(self, "_joint_t", 0.0) if moved else 0.0
+            # Levenberg-Marquardt: relax after full steps, tighten after short or failed ones
+            damping = damping / 3 if t == 1.0 else damping if t >= 0.25 else damping * 4 + 1e-4
+            damping = damping.clamp(0, 1e6)
+            if moved:
+                return m2, V2, damping
+        return self.fixed_coefficient_step(store, m, V, st, damping)
+
+    def fixed_coefficient_step(self, store: CoefStore, m, V, st, damping: torch.Tensor):
         """Damped Newton step on (V, m) with C fixed; a line search keeps the objective monotone.
 
         Element-wise transfers: d independent (k+1)-dim problems, each with its own step size.
@@ -1180,16 +1196,7 @@ class BregmanSolver:
                 init_div = st["divergence"]
             div, obj = st["divergence"], st["objective"]
             opt = self.optimality(st)
-            if o.joint_steps:
-                m, V, moved = self.joint_step(store, m, V, st, damping)
-                t = getattr(self, "_joint_t", 0.0) if moved else 0.0
-                # Levenberg-Marquardt: relax after full steps, tighten after short or failed ones
-                damping = damping / 3 if t == 1.0 else damping if t >= 0.25 else damping * 4 + 1e-4
-                damping = damping.clamp(0, 1e6)
-                if not moved:
-                    m, V, damping = self.direction_step(store, m, V, st, damping)
-            else:
-                m, V, damping = self.direction_step(store, m, V, st, damping)
+            m, V, damping = self.direction_step(store, m, V, st, damping)
             if C_in is not None:
                 m, V, beta = self.extrapolate(store, (m_in, V_in, C_in), (m, V), beta)
                 C_in.close()

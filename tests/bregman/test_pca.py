@@ -659,3 +659,43 @@ def test_an_unconverged_fit_puts_a_warning_into_the_job_metrics():
     assert "did not converge in 1 iterations" in warning and "solver.max_iter=200" in warning
     assert f"{short.optimality_:.3g} > tol {short.optimality_tol_:.3g}" in warning
     assert convergence_warnings(BregmanPCA("sigmoid", n_components=2).fit(A), 100) == []
+
+
+def test_extrapolation_takes_a_move_that_lowers_the_objective_and_refuses_one_that_does_not():
+    """BregmanSolver.extrapolate on a line through the optimum: from θ* + u to θ* + u/2, one more
+    move of the same length lands on θ* (kept, β grows); from θ* + u/2 to θ* + u it would
+    leave (refused, β shrinks, the end point is returned unchanged)."""
+    from bregman._arrays import RowSource
+    from bregman._pca_solver import BregmanSolver, CoefStore, SolverOptions, moments
+
+    A = data_for("sigmoid", n=150, d=6, seed=41)
+    tr, k = get_transfer("sigmoid"), 2
+    src = RowSource(A)
+    mom = moments(src, tr)
+    opts = SolverOptions(ridge=1e-7, max_iter=100, tol=1e-12, newton_steps=5, polish_steps=50, joint_mean=True,
+                         callback=None, generator=torch.Generator().manual_seed(0), multi_start=False)
+    solver = BregmanSolver(src, tr, k, opts)
+    res = solver.run(mom)
+    g = torch.Generator().manual_seed(1)
+    um, uV, uC = (0.05 * torch.randn(*shape, generator=g, dtype=A.dtype) for shape in ((6,), (6, k), (150, k)))
+
+    def store_of(C):
+        s = CoefStore(150, k, dtype=A.dtype, device=A.device, on_disk=False)
+        s.set(0, 150, C)
+        return s
+
+    def point(a):
+        return res.mean + a * um, res.V + a * uV, store_of(res.coefficients + a * uC)
+
+    m0, V0, s0 = point(1.0)
+    m1, V1, s1 = point(0.5)
+    m, V, beta = solver.extrapolate(s1, (m0, V0, s0), (m1, V1), 1.0)
+    torch.testing.assert_close(m, res.mean)
+    torch.testing.assert_close(V, res.V)
+    torch.testing.assert_close(s1.all(), res.coefficients)
+    assert beta > 1.0
+    m0, V0, s0 = point(0.5)
+    m1, V1, s1 = point(1.0)
+    m, V, beta = solver.extrapolate(s1, (m0, V0, s0), (m1, V1), 1.0)
+    assert torch.equal(m, m1) and torch.equal(V, V1) and beta < 1.0
+    torch.testing.assert_close(s1.all(), res.coefficients + uC)
