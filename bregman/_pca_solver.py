@@ -945,10 +945,9 @@ class BregmanSolver:
         """Damped Newton step on (V, m) with C fixed; a line search keeps the objective monotone.
 
         Element-wise transfers: d independent (k+1)-dim problems, each with its own step size.
-        Softmax: the per-unit blocks of ``Σ diag(q) ⊗ z zᵀ`` (an upper bound of the coupled
-        Hessian) precondition the gradient; one step size for all units; gauge projected out.
-        The full step is tried first (one pass); only if some unit rejects it are the shorter
-        steps evaluated (a second pass).
+        Softmax: Newton-CG with the exact coupled Hessian (:meth:`_newton_cg`); one step size
+        for all units; gauge projected out. The full step is tried first (one pass); shorter
+        steps are evaluated in stages only while some unit has none accepted.
         """
         tr = self.tr
         G, H, unit_obj = st["G"], st["H"], st["unit_div"]
