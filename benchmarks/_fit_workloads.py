@@ -9,6 +9,7 @@ Each workload imitates one real layer:
   examples scattered around their prototype, a linear read-out scaled so that most softmax
   rows are peaked and some are near one-hot (they make the coefficient problems almost flat).
 - ``c``: the same rows as ``a`` scored with the identity transfer (Euclidean PCA).
+- ``d``: a 256-unit layer from ``a``'s generator (leaky ReLU), timed against scikit-learn's PCA.
 
 Rows are generated in blocks of :data:`GEN_BLOCK_ROWS`, block ``j`` from its own seed, so the
 full matrix and a lazy chunk iterator give identical rows, and a chunked fit never needs the
@@ -47,10 +48,13 @@ SPECS: dict[str, WorkloadSpec] = {
                       "logits of a 100-class classifier with peaked softmax rows"),
     "c": WorkloadSpec("c", "identity", {}, 20000, 512, 32,
                       "the rows of (a) with the identity transfer"),
+    "d": WorkloadSpec("d", "leaky_relu", {"negative_slope": 0.01}, 20000, 256, 16,
+                      "a 256-unit leaky-ReLU layer like (a), against scikit-learn PCA of the same matrix"),
 }
 
 # Small sizes for smoke runs: the same generators, fewer rows and units.
-QUICK_SIZES: dict[str, tuple[int, int, int]] = {"a": (600, 48, 6), "b": (600, 20, 4), "c": (600, 48, 6)}
+QUICK_SIZES: dict[str, tuple[int, int, int]] = {"a": (600, 48, 6), "b": (600, 20, 4), "c": (600, 48, 6),
+                                                "d": (600, 64, 4)}
 
 
 def get_spec(name: str, *, n: int | None = None, quick: bool = False) -> WorkloadSpec:
@@ -83,7 +87,7 @@ class _LayerModel:
 def _make_model(spec: WorkloadSpec, seed: int) -> _LayerModel:
     g = _generator(seed * 7919 + 17)
     d = spec.d
-    if spec.name in ("a", "c"):
+    if spec.name in ("a", "c", "d"):
         n_in, hidden = 12, 4 * 12
         w1 = torch.randn(n_in, hidden, generator=g, dtype=torch.float64) / math.sqrt(n_in)
         b1 = 0.3 * torch.randn(hidden, generator=g, dtype=torch.float64)

@@ -32,13 +32,16 @@ logger = logging.getLogger(__name__)
 _MAX_PAIR_ELEMENTS = 1 << 26
 _LINE_SEARCH_HALVINGS = 30
 _ARMIJO = 1e-4
-_DIRECTION_STEPS = (1.0, 0.5, 0.25, 0.125)
+_DIRECTION_STAGES = ((1.0,), (0.5, 0.25, 0.125), tuple(2.0 ** -i for i in range(4, 9)),
+                     tuple(2.0 ** -i for i in range(9, 15)))
 # safeguarded extrapolation of the alternating iterations (BregmanSolver.extrapolate)
 _EXTRAPOLATE = True
 _EXTRAPOLATION_START = 1.0
 _EXTRAPOLATION_GROWTH = 1.5
 _EXTRAPOLATION_MAX = 16.0
 _EXTRAPOLATION_MIN = 0.25
+# conjugate-gradient iterations per softmax direction step (BregmanSolver._newton_cg)
+_CG_MAX_ITER = 25
 
 
 
@@ -482,6 +485,16 @@ def top_eigenvectors(S: torch.Tensor, k: int, transfer: Transfer, generator: tor
     return flip_signs(V), ev
 
 
+def dual_centroid(transfer: Transfer, mean_output: torch.Tensor) -> torch.Tensor:
+    """The optimal mean of the mean-only model: ``m`` with ``f(m) = (1/N) Σ f(a_n)``.
+
+    ``f⁻¹`` of the mean output where f is invertible; ReLU: the mean output itself (it is
+    ≥ 0, and f(y) = y there)."""
+    if transfer.invertible:
+        return transfer.remove_gauge(transfer.f_inv(mean_output))
+    return mean_output
+
+
 def flip_signs(V: torch.Tensor) -> torch.Tensor:
     """Make the largest-magnitude entry of each column positive (deterministic output)."""
     idx = V.abs().argmax(0)
@@ -507,6 +520,10 @@ class FitResult:
     history: list[dict[str, float]]
     coefficients: torch.Tensor | None  # (N, k) when the data are in memory
     coef_second_moment: torch.Tensor = field(default=None)  # type: ignore[assignment]
+    optimality: float = 0.0  # relative gradient norm at the end (BregmanSolver.optimality)
+    optimality_tol: float = 0.0
+    starts: dict | None = None  # final divergence of each start (multi-start fits)
+    stopped: bool = False  # the callback stopped the fit
 
 
 @dataclass
@@ -519,6 +536,8 @@ class SolverOptions:
     joint_mean: bool
     callback: Callable[[dict[str, float]], Any] | None
     generator: torch.Generator
+    joint_steps: bool = True
+    multi_start: bool = True
 
 
 class BregmanSolver:
@@ -529,6 +548,9 @@ class BregmanSolver:
         self.N, self.d = source.n_rows, source.d
         self.dtype, self.device = source.dtype, source.device
         self.t0 = time.perf_counter()
+        # converged: relative gradient norm r <= sqrt(tol), i.e. a Newton step in (m, V) would
+        # lower the objective by less than about tol/2 relative
+        self.gtol = math.sqrt(opts.tol)
 
     # --- passes ---------------------------------------------------------------------------
     def _blocks(self):
@@ -616,14 +638,316 @@ class BregmanSolver:
         store.commit()
         return cand
 
+    def optimality(self, st: dict) -> float:
+        """First-order optimality of (m, V) at the current coefficients: the relative gradient
+        norm ``r = sqrt(gᵀ H⁻¹ g / (2 L))``, g the gradient of the objective L in (V, m) with C
+        fixed, H its per-unit Hessian blocks (exact for element-wise transfers; softmax: the
+        diagonal blocks of the coupled Hessian), L the objective (plus a small absolute floor).
+        ``r²`` is the relative decrease a Newton step on (m, V) predicts, so r does not depend
+        on the data's units, N, or the basis of V; it is 0 exactly at a stationary point (the
+        coefficients being optimal for their rows)."""
+        G, H = st["G"], st["H"]
+        K = H.shape[-1]
+        eye = torch.eye(K, dtype=self.dtype, device=self.device)
+        scale = torch.diagonal(H, dim1=-2, dim2=-1).mean(-1, keepdim=True).clamp_min(torch.finfo(self.dtype).tiny)
+        x = solve_spd(H + eye * (torch.finfo(self.dtype).eps * 16 * scale).unsqueeze(-1), G)
+        if not self.tr.elementwise:
+            x = self.tr.remove_gauge(x.T).T
+        dec = float((G * x).sum(dtype=torch.float64))
+        total = self.N * (st["objective"] + self.atol)
+        return math.sqrt(max(dec, 0.0) / (2 * total)) if total > 0 else 0.0
+
+    def _hessian_blocks(self, store: CoefStore, m, V):
+        """(Z, Q) per row block at the current (m, V, C): Z = [C, 1] (joint) or C, Q = f(Â).
+
+        In memory they are computed once per direction step and reused by every
+        Hessian-vector product; streamed data recompute them on each pass."""
+        cache = getattr(self, "_hvp_cache", None)
+        if cache is not None:
+            yield from cache
+            return
+        keep = [] if self.src.in_memory else None
+        for s, X in self._blocks():
+            C = store.get(s, s + X.shape[0])
+            Z = torch.cat([C, torch.ones_like(C[:, :1])], 1) if self.o.joint_mean else C
+            A = Z @ torch.cat([V, m.unsqueeze(1)], 1).T if self.o.joint_mean else m + C @ V.T
+            Q = self.tr.f(A)
+            if keep is not None:
+                keep.append((Z, Q))
+            yield Z, Q
+        store.commit()
+        if keep is not None:
+            self._hvp_cache = keep
+
+    def _softmax_hvp(self, store: CoefStore, m, V, P: torch.Tensor) -> torch.Tensor:
+        """The exact Hessian of the direction problem (C fixed) applied to P (d, K):
+        ``Σ_n (diag(q_n) − q_n q_nᵀ) P z_n z_nᵀ``: two GEMMs per block, no (dK)² matrix."""
+        out = torch.zeros_like(P)
+        for Z, Q in self._hessian_blocks(store, m, V):
+            U = Z @ P.T
+            W = Q * U
+            W = W - Q * W.sum(-1, keepdim=True)
+            out += W.T @ Z
+        return out
+
+    def _newton_cg(self, store: CoefStore, m, V, G: torch.Tensor, Hd: torch.Tensor, mu: torch.Tensor) -> torch.Tensor:
+        """Softmax direction step: Newton-CG on (V, m) with C fixed.
+
+        For fixed coefficients the direction problem is convex with Hessian
+        ``Σ_n z_n z_nᵀ ⊗ (diag(q_n) − q_n q_nᵀ)``; units are coupled through ``q_n q_nᵀ``, so the
+        per-unit blocks alone (the former step: block-Jacobi preconditioned gradient) overshoot
+        on peaked rows and were rejected again and again (a random start "converged" after 4
+        iterations with no decrease at all). Conjugate gradients with Hessian-vector products
+        (two GEMMs per pass), preconditioned by the damped per-unit blocks ``Hd``, in the
+        gauge-free subspace (columns summing to 0 over units); inexact (forcing term ≤ 0.1).
+        """
+        self._hvp_cache = None
+        L, info = torch.linalg.cholesky_ex(Hd)
+        bad = info != 0
+        if bool(bad.any()):
+            eye = torch.eye(Hd.shape[-1], dtype=Hd.dtype, device=Hd.device)
+            L[bad] = torch.linalg.cholesky(Hd[bad] + eye * torch.diagonal(Hd[bad], dim1=-2, dim2=-1).amax(-1).clamp_min(
+                torch.finfo(Hd.dtype).tiny)[:, None, None] * 1e-6)
+
+        def precondition(r):
+            return self.tr.remove_gauge(torch.cholesky_solve(r.unsqueeze(-1), L).squeeze(-1).T).T
+
+        mu = mu.reshape(-1, 1) if mu.numel() > 1 else mu
+        x = torch.zeros_like(G)
+        r = -G
+        g_norm = float(G.norm())
+        if g_norm == 0 or not math.isfinite(g_norm):
+            return x
+        z = precondition(r)
+        p = z
+        rz = float((r * z).sum())
+        eta = min(0.1, math.sqrt(g_norm / max(getattr(self, "_g0", g_norm), torch.finfo(G.dtype).tiny)))
+        self._g0 = max(getattr(self, "_g0", 0.0), g_norm)
+        for _ in range(_CG_MAX_ITER):
+            Hp = self._softmax_hvp(store, m, V, p) + mu * p
+            pHp = float((p * Hp).sum())
+            if not pHp > 0:
+                break
+            alpha = rz / pHp
+            x = x + alpha * p
+            r = r - alpha * Hp
+            if float(r.norm()) <= eta * g_norm:
+                break
+            z = precondition(r)
+            rz_new = float((r * z).sum())
+            if not rz_new > 0:
+                break
+            p = z + (rz_new / rz) * p
+            rz = rz_new
+        self._hvp_cache = None
+        if not bool(torch.isfinite(x).all()) or float((G * x).sum()) >= 0:
+            return -precondition(G)
+        return self.tr.remove_gauge(x.T).T
+
+    # --- the joint (variable projection) Newton step -------------------------------------
+    def _apply_h(self, blk: dict, U: torch.Tensor) -> torch.Tensor:
+        """``∇²F(â_n) u_n`` for every row (element-wise: a product; softmax: diag(q) − q qᵀ)."""
+        if self.tr.elementwise:
+            return blk["h"] * U
+        W = blk["Q"] * U
+        return W - blk["Q"] * W.sum(-1, keepdim=True)
+
+    def _reduced_blocks(self, store: CoefStore, m, V):
+        """Per row block at (m, V, C): Z, residual R = f(Â) − y, the Hessian weights and the
+        Cholesky factors of the rows' coefficient Hessians ``Vᵀ∇²F(â)V + λI``. Kept in memory
+        for in-memory data (one computation per step), recomputed per pass for streamed data."""
+        cache = getattr(self, "_red_cache", None)
+        if cache is not None:
+            yield from cache
+            return
+        keep = [] if self.src.in_memory else None
+        tr, lam = self.tr, self.o.ridge
+        gram = PairGram(V)
+        eye = torch.eye(self.k, dtype=self.dtype, device=self.device)
+        for s, X in self._blocks():
+            C = store.get(s, s + X.shape[0])
+            Z = torch.cat([C, torch.ones_like(C[:, :1])], 1) if self.o.joint_mean else C
+            A = m + C @ V.T
+            Q = tr.f(A)
+            blk = {"s": s, "Z": Z, "R": Q - tr.f(X)}
+            if tr.elementwise:
+                blk["h"] = tr.hessian_diag_from_output(A, Q)
+                Hcc = gram(blk["h"])
+            else:
+                blk["Q"] = Q
+                u = Q @ V
+                Hcc = gram(Q) - u.unsqueeze(2) * u.unsqueeze(1)
+            Hcc = Hcc + lam * eye
+            Lc, info = torch.linalg.cholesky_ex(Hcc)
+            if bool((info != 0).any()):
+                jitter = torch.diagonal(Hcc, dim1=-2, dim2=-1).abs().amax(-1).clamp_min(torch.finfo(self.dtype).tiny)
+                Lc, _ = torch.linalg.cholesky_ex(Hcc + (1e-6 * jitter)[:, None, None] * eye)
+            blk["L"] = Lc
+            if keep is not None:
+                keep.append(blk)
+            yield blk
+        store.commit()
+        if keep is not None:
+            self._red_cache = keep
+
+    def _coef_response(self, blk: dict, V, P: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """For a change P (d, K) of (V, m): the rows' coefficient change ``−w`` that keeps them
+        optimal to first order, and U = Z Pᵀ (the change of Â at fixed C)."""
+        U = blk["Z"] @ P.T
+        b = self._apply_h(blk, U) @ V + blk["R"] @ P[:, : self.k]
+        w = torch.cholesky_solve(b.unsqueeze(-1), blk["L"]).squeeze(-1)
+        return w, U
+
+    def _reduced_hvp(self, store: CoefStore, m, V, P: torch.Tensor) -> torch.Tensor:
+        """Hessian of ``(m, V) ↦ min_C L`` (the Schur complement of the joint Hessian) applied
+        to P: the coefficients follow the directions, so valleys where a change of V is
+        compensated by C (which alternating steps crawl along) are taken in one step."""
+        out = torch.zeros_like(P)
+        for blk in self._reduced_blocks(store, m, V):
+            w, U = self._coef_response(blk, V, P)
+            dA = U - w @ V.T
+            out += self._apply_h(blk, dA).T @ blk["Z"]
+            out[:, : self.k] -= blk["R"].T @ w
+        return out
+
+    def _reduced_step(self, store: CoefStore, m, V, st, Hd: torch.Tensor, mu: torch.Tensor):
+        """Newton-CG on the reduced objective; returns (ΔΘ, ΔC store) or None."""
+        tr = self.tr
+        self._red_cache = None
+        G = st["G"]
+        L, info = torch.linalg.cholesky_ex(Hd)
+        if bool((info != 0).any()):
+            return None
+
+        def precondition(r):
+            x = torch.cholesky_solve(r.unsqueeze(-1), L).squeeze(-1)
+            return x if tr.elementwise else tr.remove_gauge(x.T).T
+
+        mu = mu.reshape(-1, 1)
+        g_norm = float(G.norm())
+        if g_norm == 0 or not math.isfinite(g_norm):
+            return None
+        x = torch.zeros_like(G)
+        r = -G
+        z = precondition(r)
+        p = z
+        rz = float((r * z).sum())
+        for it in range(_CG_MAX_ITER):
+            Hp = self._reduced_hvp(store, m, V, p) + mu * p
+            pHp = float((p * Hp).sum())
+            if not pHp > 0:  # negative curvature: stop (the first iteration: the gradient step)
+                if it == 0:
+                    x = p * (rz / max(float((p * (mu * p)).sum()), float((p * p).sum()) * 1e-12, 1e-300))
+                break
+            alpha = rz / pHp
+            x = x + alpha * p
+            r = r - alpha * Hp
+            if float(r.norm()) <= 0.05 * g_norm:
+                break
+            z = precondition(r)
+            rz_new = float((r * z).sum())
+            if not rz_new > 0:
+                break
+            p = z + (rz_new / rz) * p
+            rz = rz_new
+        if not tr.elementwise:
+            x = tr.remove_gauge(x.T).T
+        if not bool(torch.isfinite(x).all()) or float((G * x).sum()) >= 0:
+            self._red_cache = None
+            return None
+        dC = CoefStore(self.N, self.k, dtype=self.dtype, device=self.device, on_disk=not self.src.in_memory)
+        for blk in self._reduced_blocks(store, m, V):
+            w, _ = self._coef_response(blk, V, x)
+            dC.set(blk["s"], blk["s"] + w.shape[0], -w)
+        self._red_cache = None
+        return x, dC
+
+    def _joint_candidates(self, store: CoefStore, dC: CoefStore, m, theta, delta, steps) -> torch.Tensor:
+        """Objective (shifted by a constant of the data, ridge included) at
+        ``(Θ + t ΔΘ, C + t ΔC)`` for each t."""
+        lam = self.o.ridge
+        out = torch.zeros(len(steps), dtype=torch.float64, device=self.device)
+        for s, X in self._blocks():
+            Y = self.tr.f(X)
+            e = s + X.shape[0]
+            C, D = store.get(s, e), dC.get(s, e)
+            for i, t in enumerate(steps):
+                Ct = C + t * D
+                Z = torch.cat([Ct, torch.ones_like(Ct[:, :1])], 1) if self.o.joint_mean else Ct
+                th = theta + t * delta
+                A = Z @ th.T if self.o.joint_mean else m + Z @ th.T
+                val = self._unit_divergence(A, Y)[0].sum() + 0.5 * lam * (Ct * Ct).sum()
+                out[i] += val.to(torch.float64)
+        store.commit()
+        return out
+
+    def joint_step(self, store: CoefStore, m, V, st, damping: torch.Tensor):
+        """Newton step on ``(m, V) ↦ min_C L`` with the coefficients moving along (to first
+        order) with the directions; a backtracking line search on the joint objective keeps it
+        monotone. Returns (m, V, accepted)."""
+        G, H = st["G"], st["H"]
+        K = H.shape[-1]
+        eye = torch.eye(K, dtype=self.dtype, device=self.device)
+        scale = torch.diagonal(H, dim1=-2, dim2=-1).mean(-1, keepdim=True).clamp_min(torch.finfo(self.dtype).tiny)
+        mu = (float(damping.max()) + 16 * torch.finfo(self.dtype).eps) * scale
+        Hd = H + eye * mu.unsqueeze(-1)
+        got = self._reduced_step(store, m, V, st, Hd, mu)
+        if got is None:
+            return m, V, False
+        delta, dC = got
+        theta = torch.cat([V, m.unsqueeze(1)], 1) if self.o.joint_mean else V
+        try:
+            steps = [0.0]
+            vals = None
+            slope = float((G * delta).sum())
+            for stage in _DIRECTION_STAGES:
+                part = self._joint_candidates(store, dC, m, theta, delta, ((0.0,) if vals is None else ()) + stage)
+                vals = part if vals is None else torch.cat([vals, part])
+                steps += list(stage)
+                base = float(vals[0])
+                slack = 64 * torch.finfo(self.dtype).eps * abs(base)
+                ts = torch.tensor(steps, dtype=torch.float64)
+                ok = torch.isfinite(vals) & (vals <= base + _ARMIJO * ts * slope + slack) & (ts > 0)
+                if bool(ok.any()):
+                    break
+            if not bool(ok.any()):
+                return m, V, False
+            t = steps[int(ok.to(torch.int8).argmax())]
+            for s0 in range(0, self.N, 1 << 16):
+                e0 = min(s0 + (1 << 16), self.N)
+                store.set(s0, e0, store.get(s0, e0) + t * dC.get(s0, e0))
+            store.commit()
+            self._joint_t = t
+        finally:
+            dC.close()
+        step = t * delta
+        if self.o.joint_mean:
+            return m + step[:, -1], V + step[:, :-1], True
+        return m, V + step, True
+
     def direction_step(self, store: CoefStore, m, V, st, damping: torch.Tensor):
+        """The (m, V) step of an outer iteration; the objective never increases.
+
+        The joint step (:meth:`joint_step`: Newton-CG on ``(m, V) ↦ min_C L``, the coefficients
+        following) where it finds a decrease, else the step with C fixed
+        (:meth:`fixed_coefficient_step`). Returns (m, V, damping)."""
+        if self.o.joint_steps:
+            m2, V2, moved = self.joint_step(store, m, V, st, damping)
+            t = getattr(self, "_joint_t", 0.0) if moved else 0.0
+            # Levenberg-Marquardt: relax after full steps, tighten after short or failed ones
+            damping = damping / 3 if t == 1.0 else damping if t >= 0.25 else damping * 4 + 1e-4
+            damping = damping.clamp(0, 1e6)
+            if moved:
+                return m2, V2, damping
+        return self.fixed_coefficient_step(store, m, V, st, damping)
+
+    def fixed_coefficient_step(self, store: CoefStore, m, V, st, damping: torch.Tensor):
         """Damped Newton step on (V, m) with C fixed; a line search keeps the objective monotone.
 
         Element-wise transfers: d independent (k+1)-dim problems, each with its own step size.
-        Softmax: the per-unit blocks of ``Σ diag(q) ⊗ z zᵀ`` (an upper bound of the coupled
-        Hessian) precondition the gradient; one step size for all units; gauge projected out.
-        The full step is tried first (one pass); only if some unit rejects it are the shorter
-        steps evaluated (a second pass).
+        Softmax: Newton-CG with the exact coupled Hessian (:meth:`_newton_cg`); one step size
+        for all units; gauge projected out. The full step is tried first (one pass); shorter
+        steps are evaluated in stages only while some unit has none accepted.
         """
         tr = self.tr
         G, H, unit_obj = st["G"], st["H"], st["unit_div"]
@@ -634,23 +958,29 @@ class BregmanSolver:
         jitter = (torch.finfo(self.dtype).eps * 16) * scale
         damp = damping.unsqueeze(-1) if tr.elementwise else damping
         Hd = H + (eye * (jitter + damp * scale).unsqueeze(-1))
-        delta = -solve_spd(Hd, G)  # (d, K): rows are units, columns are [directions, mean]
-        if not tr.elementwise:
-            delta = tr.remove_gauge(delta.T).T
+        if tr.elementwise:
+            delta = -solve_spd(Hd, G)  # (d, K): rows are units, columns are [directions, mean]
+        else:
+            delta = self._newton_cg(store, m, V, G, Hd, damp * scale)
         slope = (G * delta).sum(-1)  # per unit
         if not tr.elementwise:
             slope = slope.sum().reshape(1)
         theta = torch.cat([V, m.unsqueeze(1)], 1) if self.o.joint_mean else V
         slack = 8 * torch.finfo(self.dtype).eps * st["unit_mag"]
-        steps = _DIRECTION_STEPS[:1]
-        cand = self._candidate_objectives(store, m, theta, delta, steps)
-        ok = torch.isfinite(cand) & (cand <= unit_obj + _ARMIJO * steps[0] * slope + slack)
-        if not bool(ok.all()):
-            more = _DIRECTION_STEPS[1:]
-            cand = torch.cat([cand, self._candidate_objectives(store, m, theta, delta, more)])
-            steps = _DIRECTION_STEPS
+        # Stages of step lengths, each one pass over the data, tried while some unit (softmax:
+        # the whole step) has no acceptable step yet: far from the optimum the Newton step of a
+        # nearly flat unit (peaked softmax rows, saturated sigmoids) can be orders too long, and
+        # rejecting everything down to 1/8 stalled fits for many iterations.
+        steps: list[float] = []
+        cand = ok = None
+        for stage in _DIRECTION_STAGES:
+            part = self._candidate_objectives(store, m, theta, delta, stage)
+            steps += list(stage)
+            cand = part if cand is None else torch.cat([cand, part])
             t_col = torch.tensor(steps, dtype=self.dtype, device=self.device).unsqueeze(1)
             ok = torch.isfinite(cand) & (cand <= unit_obj + _ARMIJO * t_col * slope + slack)
+            if bool(ok.any(0).all()):
+                break
         steps_t = torch.tensor(steps, dtype=self.dtype, device=self.device)
         cand = torch.where(torch.isfinite(cand), cand, torch.full_like(cand, math.inf))
         # first (largest) accepted step per unit, else the best strict decrease, else none
@@ -726,7 +1056,7 @@ class BregmanSolver:
             T, T_inv = normalizer(self.tr, m, V)
             V = V @ T
             store.change_basis(T_inv)
-        st = self.coefficient_pass(store, m, V, max_steps=self.o.polish_steps if polish else 0, stats=False,
+        st = self.coefficient_pass(store, m, V, max_steps=self.o.polish_steps if polish else 0, stats=True,
                                    second_moment=True, settle=True)
         ev, U = torch.linalg.eigh(0.5 * (st["S"] + st["S"].T))
         U = U.flip(1)
@@ -738,25 +1068,80 @@ class BregmanSolver:
         st["S"] = (U * signs).T @ st["S"] @ (U * signs)
         return V, st
 
-    def divergence_by_k(self, store: CoefStore, m, V) -> tuple[float, list[float]]:
-        """Mean divergence of the mean-only model, and with the fit's coefficients truncated to
-        the first j directions, j = 1..k-1 (one pass; a lower bound on the share a fresh
-        projection onto those j directions would explain)."""
-        tr = self.tr
+    def divergence_by_k(self, store: CoefStore, m, V, centroid: torch.Tensor, final_div: float
+                        ) -> tuple[float, list[float]]:
+        """The best mean-only model's divergence ``D0`` and ``D_j`` for j = 1..k.
+
+        ``D0``: all rows at the dual-space centroid ``f⁻¹(mean f(a))``, the optimal mean when
+        there are no directions (the divergence is convex in its first argument, with
+        gradient ``N (f(m) − mean f(a))``). ``D_j``: the divergence of the best of the
+        models with at most j directions at hand: the centroid alone, and the fit's mean
+        with its first j directions and coefficients re-optimized for them (each prefix
+        re-projected, warm-started from the previous prefix's optimum, which Newton's line
+        search can only improve). So ``D_k ≤ … ≤ D_1 ≤ D0`` and every share
+        ``(D0 − D_j)/D0`` lies in [0, 1]; ``D_k`` is the fit's own divergence (or D0, were that
+        lower)."""
+        tr, lam = self.tr, self.o.ridge
         tot0 = 0.0
         tots = [0.0] * (self.k - 1)
+        steps = max(2 * self.o.newton_steps, 10)
         for s, X in self._blocks():
             C = store.get(s, s + X.shape[0])
-            tot0 += float(tr.divergence(m.expand_as(X), X).sum())
-            A_hat = m.expand_as(X)
+            tot0 += float(tr.divergence(centroid.expand_as(X), X).sum())
+            Y = tr.f(X)
+            prev = C[:, :0]
             for j in range(1, self.k):
-                A_hat = A_hat + C[:, j - 1 : j] * V[:, j - 1]
-                tots[j - 1] += float(tr.divergence(A_hat, X).sum())
+                Vj = V[:, :j]
+                zero = torch.cat([prev, torch.zeros_like(C[:, :1])], 1)
+                trunc = torch.cat([prev, C[:, j - 1 : j]], 1)
+                _, _, phi_z = _row_objective(tr, X, m, Vj, zero, lam)
+                _, _, phi_t = _row_objective(tr, X, m, Vj, trunc, lam)
+                C0 = torch.where((phi_t < phi_z).unsqueeze(1), trunc, zero)
+                res = solve_coefficients(tr, X, m, Vj, lam, C0, max_steps=steps, atol=self.atol, Y=Y, settle=False)
+                prev = res.C
+                tots[j - 1] += float(res.divergence.sum())
         store.commit()
-        return tot0 / self.N, [t / self.N for t in tots]
+        d0 = tot0 / self.N
+        by_k = [t / self.N for t in tots] + [final_div]
+        best, out = d0, []
+        for v in by_k:
+            best = min(best, v)
+            out.append(best)
+        return d0, out
 
     # --- driver ---------------------------------------------------------------------------
     def run(self, mom: Moments, init: tuple[torch.Tensor, torch.Tensor] | None = None) -> FitResult:
+        """Fit from ``init`` (a warm start), or, with the joint mean, from several starts.
+
+        The objective is not jointly convex, and a start decides the basin: on the logits of
+        a trained 10-class classifier the PCA start alone once ended 27x above the
+        centroid-held fit. With ``init=None`` and the joint mean, two candidates are polished
+        and the lower divergence is kept: (1) the joint fit from Euclidean PCA; (2) the
+        centroid-held fit (the paper's model, from the centroid with directions from the
+        scatter around it), then freed into a joint fit from where it ended. Every step is
+        monotone, so the result is never above Euclidean PCA nor above the centroid fit.
+        """
+        if init is None and self.o.joint_mean and self.tr.invertible and self.o.multi_start:
+            from dataclasses import replace
+
+            first = self._single(mom, None)
+            if first.stopped:  # the callback asked to stop: no further starts
+                return first
+            held = BregmanSolver(self.src, self.tr, self.k, replace(self.o, joint_mean=False, multi_start=False))
+            centroid = held._single(mom, None)
+            second = centroid
+            if not centroid.stopped:
+                freed = BregmanSolver(self.src, self.tr, self.k, replace(self.o, multi_start=False))
+                second = freed._single(mom, (centroid.mean, centroid.V))
+                second.n_iter += centroid.n_iter
+            best = first if first.divergence <= second.divergence else second
+            best.pca_divergence, best.init_divergence = first.pca_divergence, first.init_divergence
+            best.starts = {"pca": first.divergence, "centroid": centroid.divergence,
+                           "centroid_then_joint": second.divergence}
+            return best
+        return self._single(mom, init)
+
+    def _single(self, mom: Moments, init: tuple[torch.Tensor, torch.Tensor] | None) -> FitResult:
         tr, o = self.tr, self.o
         k = self.k
         pca_V, _ = top_eigenvectors(mom.scatter, k, tr, o.generator)
@@ -767,7 +1152,7 @@ class BregmanSolver:
         elif o.joint_mean:
             m, V, warm = pca_mean, pca_V, False
         else:
-            m = tr.remove_gauge(tr.f_inv(mom.mean_output))
+            m = dual_centroid(tr, mom.mean_output)
             shift = mom.mean - m
             S0 = mom.scatter + mom.n * torch.outer(shift, shift)
             V, _ = top_eigenvectors(S0, k, tr, o.generator)
@@ -809,26 +1194,32 @@ class BregmanSolver:
                 init_obj = st["objective"]
                 init_div = st["divergence"]
             div, obj = st["divergence"], st["objective"]
+            opt = self.optimality(st)
             m, V, damping = self.direction_step(store, m, V, st, damping)
             if C_in is not None:
                 m, V, beta = self.extrapolate(store, (m_in, V_in, C_in), (m, V), beta)
                 C_in.close()
             n_iter = it
             info = {"iteration": it, "elapsed_s": time.perf_counter() - self.t0, "divergence": div,
-                    "objective": obj, "newton_iterations": st["newton"]}
+                    "objective": obj, "newton_iterations": st["newton"], "optimality": opt}
             history.append(info)
             logger.debug("bregman pca iteration %d: divergence %.6g objective %.6g", it, div, obj)
             stop = bool(o.callback(dict(info))) if o.callback is not None else False
             rel = (prev - obj) / max(abs(prev), torch.finfo(self.dtype).tiny) if math.isfinite(prev) else math.inf
-            if rel < o.tol or obj <= torch.finfo(self.dtype).tiny:
-                converged = True
+            # Stop on the optimality measure (r² is the relative decrease a Newton step in (m, V)
+            # still promises), or when an iteration gains (almost) nothing: stagnation at the
+            # round-off floor. A small decrease alone is not convergence: alternating steps
+            # creep through valleys, and a stalled step once read as "converged" at 27x the optimum.
+            if opt <= self.gtol or obj <= torch.finfo(self.dtype).tiny or rel < o.tol * o.tol:
                 break
             prev = obj
             if stop:
+                self._stopped = True
                 break
             m, V = self.renormalize(store, m, V)
         V, st = self.finalize_basis(store, m, V)
         final_div = st["divergence"]
+        final_opt = self.optimality(st)
         # Every step decreases the objective D + R (R the ridge term; a change of basis during
         # the iterations is taken only when it does not raise R), so up to round-off the end's
         # divergence is at most the start's objective D₀ + R₀. With ridge = 0 that is the start's
@@ -853,10 +1244,12 @@ class BregmanSolver:
             self.initial_pass(store, m, B, V, pca_mean, pca_V, warm)
             V, st = self.finalize_basis(store, m, V, polish=o.ridge > 0)
             final_div = st["divergence"]
-        d0, by_k = self.divergence_by_k(store, m, V)
+            final_opt = self.optimality(st)
+        d0, by_k = self.divergence_by_k(store, m, V, dual_centroid(tr, mom.mean_output), final_div)
         coefficients = store.all().clone() if self.src.in_memory else None
         return FitResult(
             mean=m, V=V, divergence=final_div, pca_divergence=pca_div, init_divergence=init_div,
-            mean_only_divergence=d0, divergence_by_k=by_k + [final_div], n_iter=n_iter,
-            converged=converged, history=history, coefficients=coefficients, coef_second_moment=st["S"],
+            mean_only_divergence=d0, divergence_by_k=by_k, n_iter=n_iter,
+            converged=final_opt <= self.gtol, history=history, coefficients=coefficients, coef_second_moment=st["S"],
+            optimality=final_opt, optimality_tol=self.gtol, stopped=getattr(self, "_stopped", False),
         )

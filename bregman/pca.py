@@ -148,7 +148,11 @@ class BregmanPCA:
     max_iter : int, default 100
         Maximum number of outer iterations (each: a coefficient step and a direction step).
     tol : float, default 1e-5
-        Stop when an outer iteration lowers the objective by less than this fraction.
+        Convergence: the fit stops, converged, once the relative gradient norm in (m, V) at
+        the current coefficients (``optimality_``) is at most ``sqrt(tol)``, i.e. once a Newton
+        step in (m, V) would lower the objective by less than about ``tol/2`` relative. It also
+        stops, then not converged, when an iteration lowers the objective by less than
+        ``tol²`` relative (stagnation at round-off), or at ``max_iter``.
     newton_steps : int, default 5
         Newton steps per row and outer iteration in the coefficient step during the fit.
     polish_steps : int, default 50
@@ -188,23 +192,26 @@ class BregmanPCA:
         Mean divergence of Euclidean PCA with the same k on the same data (its mean and
         directions, orthogonal projection of the pre-activations).
     mean_only_divergence_ : float
-        Mean divergence of the mean-only model (``c = 0``).
+        Mean divergence of the best mean-only model: every row at the dual-space centroid
+        ``f⁻¹(mean f(a))`` (ReLU: the mean output), the optimal mean when k = 0.
     init_divergence_ : float
         Mean divergence after the first coefficient step from the starting point (Euclidean
         PCA for ``mean="joint"``, PCA around the centroid for ``mean="centroid"``); the fit
         never ends above it.
     divergence_by_component_ : ndarray of shape (k,)
-        ``D_j``: mean divergence when every row keeps only its first j coefficients (the fit's
-        own coefficients truncated, not re-projected), j = 1..k; ``D_k = divergence_``.
+        ``D_j``, j = 1..k: mean divergence of the best model with at most j directions at
+        hand: the centroid alone (``mean_only_divergence_``), or this fit's mean with its
+        first j directions and coefficients **re-projected** onto them (each prefix re-scored
+        with optimal coefficients, warm-started from the previous prefix's). Non-increasing;
+        ``D_k = divergence_`` (unless the centroid alone were lower).
     explained_divergence_ratio_ : ndarray of shape (k,)
-        **Cumulative**: entry j-1 is the share ``(D0 − D_j) / D0`` of the mean-only divergence
-        ``D0`` removed by the first j directions, so ``[-1]`` is the share explained by all k
-        (exact), and ``[j-1]`` is what a j-unit code truncated from this fit achieves (a lower
-        bound on what a fresh projection onto those j directions explains). For the identity
-        transfer it equals the cumsum of scikit-learn's ``explained_variance_ratio_``.
-        Truncation one component at a time is evaluated in one pass; the ordering by mean
-        squared coefficient makes it non-decreasing in practice (not guaranteed for every
-        non-linear layer).
+        **Cumulative**: entry j-1 is the share ``(D0 − D_j) / D0`` of the best mean-only
+        model's divergence ``D0`` that the first j directions remove; always in [0, 1] and
+        non-decreasing (a prefix whose joint mean is worse than the centroid alone scores 0:
+        the joint mean is chosen for all k directions). ``[-1]`` is the share explained by the
+        whole fit. It is the prefixes of this fit, not separate fits for each j (those may do
+        better: Bregman PCA solutions are not nested). For the identity transfer it equals
+        the cumsum of scikit-learn's ``explained_variance_ratio_``.
     n_components_search_ : dict of int to float
         Only with a float ``n_components``: the share explained by the own fit of every k the
         search fitted (the chosen k reaches the target; k − 1, when fitted, does not). On
@@ -218,9 +225,23 @@ class BregmanPCA:
     hessian_floor_ : float
         Floor applied to the Hessian diagonal (ReLU), else 0.
     n_iter_ : int
-        Outer iterations run (0 for the identity transfer, which is solved in closed form).
+        Outer iterations of the kept start (both phases for ``"centroid_then_joint"``; 0 for
+        the identity transfer, which is solved in closed form).
     converged_ : bool
-        Whether the relative-decrease test was met.
+        ``optimality_ <= optimality_tol_``: exactly whether the first-order optimality test was
+        met at the end (False after ``max_iter`` or a stagnation stop short of it).
+    optimality_ : float
+        The relative gradient norm at the returned (m, V, C): ``sqrt(gᵀH⁻¹g / 2L)`` with g the
+        gradient of the objective L in (V, m) at the (polished) coefficients, H its per-unit
+        Hessian blocks; ``optimality_²`` is the relative decrease a Newton step in (m, V)
+        would still promise. Independent of the data's units, N and the basis of V. 0 for the
+        identity transfer (closed form).
+    optimality_tol_ : float
+        Its tolerance, ``sqrt(tol)``.
+    starts_ : dict of str to float
+        Joint mean, integer k, invertible transfer: the final divergence of each start that
+        was polished (``"pca"``; ``"centroid"``, the centroid-held fit; ``"centroid_then_joint"``,
+        that fit freed into a joint fit); the lowest is kept. Empty otherwise.
     history_ : list of dict
         One entry per outer iteration: ``iteration``, ``elapsed_s`` (since ``fit`` started),
         ``divergence``, ``objective``, ``newton_iterations``.
@@ -229,26 +250,30 @@ class BregmanPCA:
 
     Notes
     -----
-    Solver (method.md §2): start from Euclidean PCA (joint mean) or PCA around the centroid;
-    then alternate (i) the coefficient step, per row a damped Newton iteration on
-    ``D_F(m + V c, a) + (λ/2)‖c‖²`` with k×k Cholesky systems and an Armijo line search
-    (never NaN/inf), warm-started from the previous pass, and (ii) the direction step with C
-    fixed: for element-wise transfers d independent (k+1)-dim Newton problems (the mean is the
-    direction whose coefficient is 1), each with its own Marquardt damping and step length; for
-    softmax a gradient step preconditioned by the per-unit blocks of the Hessian, projected on
-    the sum-zero (gauge-free) subspace, with one line-searched step length. Both steps decrease
-    the objective. After each outer iteration a safeguarded extrapolation tries
-    ``θ + β (θ − θ_prev)`` for ``θ = (m, V, C)`` (alternating steps creep along the valley
-    where the directions and coefficients compensate each other) and keeps it only if the
-    objective drops (β adapts: ×1.5 after a success, ÷2.25 after a failure). Then it
-    re-normalizes ``Vᵀ∇²F(m)V = I`` unless that would raise the ridge term (the reconstruction
-    is unchanged, so the objective never increases). It stops when an iteration lowers the
-    objective by less than ``tol`` relative; then it normalizes, polishes the coefficients to
-    convergence, rotates to the eigenvectors of ``(1/N) Σ c cᵀ`` (descending) and fixes signs
-    (largest entry of each direction positive). If the end's divergence were above the start's
-    objective (with ``ridge=0``: above the start's divergence, and for ``mean="joint"`` above
-    Euclidean PCA's), the start is returned (joint: PCA's own coefficients). The identity
-    transfer is solved in closed form (eigendecomposition of the scatter matrix).
+    Solver (method.md §2): for the joint mean, two starts are polished and the lower
+    divergence kept — Euclidean PCA, and the centroid-held fit (centroid, directions from the
+    scatter around it) freed into a joint fit — so the default never ends above PCA nor above
+    ``mean="centroid"``; a warm start (the float ``n_components`` search, continuation in k)
+    is polished alone. From a start, alternate (i) the coefficient step, per row a damped
+    Newton iteration on ``D_F(m + V c, a) + (λ/2)‖c‖²`` with k×k Cholesky systems and an
+    Armijo line search (never NaN/inf), warm-started from the previous pass, and (ii) the
+    direction step: Newton-CG on the reduced objective ``(m, V) ↦ min_C L`` (variable
+    projection: Hessian-vector products of the Schur complement of the joint Hessian, a few
+    GEMMs per pass, preconditioned by the per-unit blocks; the coefficients move along to
+    first order), with Levenberg damping and a backtracking line search on the joint
+    objective; where it finds no decrease, a Newton step on (m, V) with C fixed (element-wise:
+    d independent (k+1)-dim problems; softmax: Newton-CG with the exact coupled Hessian
+    ``Σ z zᵀ ⊗ (diag q − q qᵀ)``, gauge projected out), line-searched in stages down to
+    2⁻¹⁴. Both steps decrease the objective. A safeguarded extrapolation
+    ``θ + β (θ − θ_prev)`` for ``θ = (m, V, C)`` is kept only if the objective drops (β
+    adapts). Then it re-normalizes ``Vᵀ∇²F(m)V = I`` unless that would raise the ridge term.
+    It stops on the optimality measure (see ``tol``); then it normalizes, polishes the
+    coefficients to convergence, rotates to the eigenvectors of ``(1/N) Σ c cᵀ`` (descending)
+    and fixes signs (largest entry of each direction positive). If the end's divergence were
+    above the start's objective (with ``ridge=0``: above the start's divergence, and for
+    ``mean="joint"`` above Euclidean PCA's), the start is returned (joint: PCA's own
+    coefficients). The identity transfer is solved in closed form (eigendecomposition of the
+    scatter matrix).
 
     Data are processed in row blocks (``batch_size``); no (N, d, k) tensor is built. Chunked
     input keeps the coefficients between passes in a temporary memory-mapped file. Every
@@ -568,6 +593,9 @@ class BregmanPCA:
         self.explained_divergence_ratio_ = self._ratios(res.mean_only_divergence, res.divergence_by_k)
         self.n_iter_ = int(res.n_iter)
         self.converged_ = bool(res.converged)
+        self.optimality_ = float(res.optimality)
+        self.optimality_tol_ = float(res.optimality_tol)
+        self.starts_ = dict(res.starts) if res.starts else {}
         self.history_ = res.history
         self._train_coefficients = res.coefficients
 
@@ -595,6 +623,9 @@ class BregmanPCA:
         self.explained_divergence_ratio_ = self._ratios(self.mean_only_divergence_, by_k)
         self.n_iter_ = 0
         self.converged_ = True
+        self.optimality_ = 0.0
+        self.optimality_tol_ = math.sqrt(float(self.tol))
+        self.starts_ = {}
         self.history_ = []
 
     # --- projection and reconstruction --------------------------------------------------------

@@ -19,14 +19,16 @@ Report dict (``report.json``; also what ``workers.report_plots.write_representat
       "k": [int, ...],                      # the k values of the curves (all of 1..k when k <= 8)
       "bregman_divergence": [float, ...],   # a Bregman PCA fit of its own at each curve k
       "pca_divergence": [float, ...],       # Euclidean PCA (same geometry) at each curve k
-      "explained_divergence_ratio": [float, ...],  # share of the mean-only divergence, per curve k
+      "explained_divergence_ratio": [float, ...],  # share of the best mean-only divergence, per curve k
       "curve_rows": int,                    # the curves are fitted on the first curve_rows rows
       "explained_divergence_ratio_by_component": [float] * k,  # the job's fit, first j directions
       "divergence": float,                  # train, all k directions (= bregman_divergence[-1])
       "pca_divergence_at_k": float,
       "mean_only_divergence": float,
       "test_divergence": float | None,      # mean divergence of held-out rows
-      "n_iter": int, "converged": bool, "fit_time_s": float, "ridge": float, "mean": str
+      "n_iter": int, "converged": bool, "fit_time_s": float, "ridge": float, "mean": str,
+      "optimality": float, "optimality_tol": float,  # relative gradient norm at the end, its tolerance
+      "warnings": [str, ...]                # e.g. the fit did not converge; also metrics["warnings"]
     }
 """
 from __future__ import annotations
@@ -76,6 +78,22 @@ def _divergence_curves(run: JobRun, A: torch.Tensor, transfer: Any, ks: list[int
         out["pca_divergence"].append(float(est.pca_divergence_))
         out["explained_divergence_ratio"].append(float(est.explained_divergence_ratio_[-1]))
     return out
+
+
+def convergence_warnings(est: Any, max_iter: int) -> list[str]:
+    """The job's warnings about its fit (the ``metrics["warnings"]`` contract: a list of
+    strings, empty when there is nothing to say): a fit that stopped before its optimality
+    measure (the relative gradient norm in m and V) met its tolerance."""
+    if bool(getattr(est, "converged_", True)):
+        return []
+    opt, tol = float(getattr(est, "optimality_", float("nan"))), float(getattr(est, "optimality_tol_", float("nan")))
+    n_iter = int(getattr(est, "n_iter_", 0))
+    return [
+        f"the fit did not converge in {n_iter} iterations (relative gradient norm {opt:.3g} > tol {tol:.3g}); "
+        f"try solver.max_iter={max(2 * max_iter, 200)}, or a looser solver.tol={min(1e-3, 10 * tol * tol):.0e}, "
+        "or fewer n_components (near-exact fits of peaked softmax rows converge slowly); the representation "
+        "is usable, its divergence is what the report says"
+    ]
 
 
 def _chunks(A: Any) -> list[torch.Tensor] | Any:
@@ -210,6 +228,9 @@ def _fit(run: JobRun, spec: dict[str, Any], teacher: Any, dataset: Any, teacher_
         "test_divergence": test_div,
         "n_iter": int(pca.n_iter_),
         "converged": bool(getattr(pca, "converged_", True)),
+        "optimality": float(getattr(pca, "optimality_", 0.0)),
+        "optimality_tol": float(getattr(pca, "optimality_tol_", 0.0)),
+        "warnings": convergence_warnings(pca, max_iter),
         "fit_time_s": float(getattr(pca, "fit_time_s_", 0.0)),
         "ridge": float(getattr(pca, "ridge_", 0.0)),
         "mean": kwargs["mean"],
@@ -229,5 +250,7 @@ def _fit(run: JobRun, spec: dict[str, Any], teacher: Any, dataset: Any, teacher_
         "explained_divergence_ratio": float(pca.explained_divergence_ratio_[-1]),
         "test_divergence": test_div,
         "transfer": report["transfer"],
+        "converged": report["converged"],
+        "warnings": report["warnings"],
     }
     return metrics, pca

@@ -50,7 +50,9 @@ def test_script_runs_end_to_end_and_writes_every_row(tmp_path: Path) -> None:
     for workload in fit_speed.DEFAULT_METHODS:
         assert any(_finite(r["time_to_target_s"]) for (w, _), r in rows.items() if w == workload)
     targets = {t["target"][:3] for t in payload["targets"]}
-    assert targets == {"(a)", "(b)", "(c)"}
+    assert targets == {"(a)", "(b)", "(c)", "(d)"}
+    (d_target,) = [t for t in payload["targets"] if t["target"].startswith("(d)")]
+    assert "scikit-learn PCA" in d_target["detail"] and d_target["measured"].endswith("x")
     verdicts = {"PASS", "FAIL", "wall PASS, cpu FAIL", "wall FAIL, cpu PASS"}
     assert all(t["result"] in verdicts for t in payload["targets"]), payload["targets"]
 

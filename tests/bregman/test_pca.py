@@ -15,7 +15,9 @@ from bregman.pca import BregmanPCA, NotFittedError
 from bregman.transfers import NonMonotoneTransferError, get_transfer
 from tests.bregman._pca_fixtures import (  # noqa: F401  (single_thread is a fixture)
     NONLINEAR_TRANSFERS,
+    check_fit_invariants,
     data_for,
+    digits_teacher_logits,
     low_rank_data,
     peaked_logits,
     single_thread,
@@ -111,8 +113,7 @@ def test_components_ordered_and_explained_ratio_cumulative(fitted, name):
     second_moment = (C**2).mean(0)
     assert bool((second_moment[:-1] >= second_moment[1:] * (1 - 1e-6)).all())
     r = est.explained_divergence_ratio_
-    assert r.shape == (K,)
-    assert np.all(np.diff(r) >= -1e-3)  # cumulative, non-decreasing (truncated codes)
+    check_fit_invariants(est)  # in [0, 1], non-decreasing, converged_ = the optimality test
     d0 = est.mean_only_divergence_
     assert r[-1] == pytest.approx((d0 - est.divergence_) / d0, rel=1e-12)
     assert 0 < r[-1] <= 1
@@ -173,10 +174,12 @@ def test_softmax_is_invariant_to_per_row_shifts():
     shift = torch.randn(200, 1, dtype=torch.float64, generator=torch.Generator().manual_seed(1)) * 5
     e1 = BregmanPCA("softmax", n_components=2).fit(A)
     e2 = BregmanPCA("softmax", n_components=2).fit(A + shift)
-    torch.testing.assert_close(e1.mean_, e2.mean_, atol=1e-8, rtol=0)
-    torch.testing.assert_close(e1.components_, e2.components_, atol=1e-7, rtol=0)
+    # the two fits see the same centred rows up to round-off; a fit stopped at its optimality
+    # tolerance (not at a fixed point) carries that round-off forward, hence 1e-5, not 1e-8
+    torch.testing.assert_close(e1.mean_, e2.mean_, atol=1e-5, rtol=0)
+    torch.testing.assert_close(e1.components_, e2.components_, atol=1e-5, rtol=0)
     torch.testing.assert_close(e1.transform(A), e1.transform(A + shift), atol=1e-9, rtol=0)
-    assert e1.divergence_ == pytest.approx(e2.divergence_, rel=1e-9)
+    assert e1.divergence_ == pytest.approx(e2.divergence_, rel=1e-7)
     # the gauge direction is projected out of the mean and every direction
     assert float(e1.mean_.sum().abs()) < 1e-10
     assert float(e1.components_.sum(1).abs().max()) < 1e-10
@@ -196,14 +199,14 @@ def test_centroid_mean_is_the_dual_space_centroid_and_never_worse_than_its_start
 
 def test_float_n_components_picks_the_smallest_k_reaching_the_share():
     A = data_for("tanh", n=200, d=8, seed=9)
-    full = BregmanPCA("tanh", n_components=7).fit(A)
     est = BregmanPCA("tanh", n_components=0.7).fit(A)
+    check_fit_invariants(est)
     k = est.n_components_
-    assert 1 <= k <= 7
-    assert full.explained_divergence_ratio_[k - 1] >= 0.7 - 1e-12
-    if k > 1:
-        assert full.explained_divergence_ratio_[k - 2] < 0.7
-    assert est.explained_divergence_ratio_[-1] >= 0.7 - 1e-3
+    assert 2 <= k <= 7  # one direction explains less than 70 % of these rows
+    # the chosen k's own fit reaches the share, the own fit of k - 1 does not
+    assert est.explained_divergence_ratio_[-1] >= 0.7
+    assert BregmanPCA("tanh", n_components=k - 1).fit(A).explained_divergence_ratio_[-1] < 0.7
+    assert est.n_components_search_[k] >= 0.7 and est.n_components_search_[k - 1] < 0.7
 
 
 # --- chunked input ---------------------------------------------------------------------------
@@ -280,6 +283,11 @@ def test_half_precision_input_is_computed_in_float32():
     A = data_for("tanh", n=120, d=6).to(torch.float16)
     est = BregmanPCA("tanh", n_components=2).fit(A)
     assert est.mean_.dtype == torch.float32
+    ref = BregmanPCA("tanh", n_components=2).fit(A.float())  # the same values, given as float32
+    assert est.divergence_ == pytest.approx(ref.divergence_, rel=1e-6)
+    torch.testing.assert_close(est.mean_, ref.mean_, atol=1e-5, rtol=0)
+    torch.testing.assert_close(est.components_, ref.components_, atol=1e-5, rtol=0)
+    torch.testing.assert_close(est.transform(A), ref.transform(A.float()), atol=1e-5, rtol=0)
 
 
 def test_numpy_in_numpy_out_and_tensor_in_tensor_out():
@@ -415,7 +423,9 @@ def test_property_fit_beats_pca_and_is_normalized(name, seed, n, d, scale):
     assert est.divergence_ <= est.pca_divergence_ + 1e-5 * est.mean_only_divergence_
     G = _hessian_gram(est)
     torch.testing.assert_close(G, torch.eye(k, dtype=torch.float64), atol=1e-6, rtol=0)
+    check_fit_invariants(est)
     exact = BregmanPCA(name, n_components=k, max_iter=30, ridge=0.0).fit(A)
+    check_fit_invariants(exact)
     assert exact.divergence_ <= exact.pca_divergence_ * (1 + 1e-9) + 1e-15
 
 
@@ -491,8 +501,10 @@ def test_float_n_components_on_many_rows_searches_a_subsample_and_still_reaches_
     assert est.n_components_ >= sub_k
     # the returned fit is on all rows and reaches the share there
     assert est.n_samples_seen_ == 400 and est.explained_divergence_ratio_[-1] >= share
-    if est.n_components_ > sub_k:  # raised on all rows: one direction fewer did not reach it
-        assert BregmanPCA("sigmoid", n_components=est.n_components_ - 1).fit(A).explained_divergence_ratio_[-1] < share + 1e-3
+    # raised on all rows from the subsample's choice: on all rows, one direction fewer than the
+    # returned k does not reach the share, unless k is the subsample's own choice
+    below = BregmanPCA("sigmoid", n_components=est.n_components_ - 1).fit(A).explained_divergence_ratio_[-1]
+    assert below < share or est.n_components_ == sub_k
     small = BregmanPCA("sigmoid", n_components=share).fit(A[:16])
     assert small.n_components_search_rows_ == 16  # small inputs: the search runs on all rows
 
@@ -505,3 +517,185 @@ def test_fit_accepts_tensors_that_require_grad(name):
     chunked = BregmanPCA(name, n_components=2).fit([A[:60], A[60:]])
     assert est.divergence_ == pytest.approx(chunked.divergence_, rel=1e-5)
     assert not est.transform(A).requires_grad
+
+
+# --- globalization: the default fit reaches the best of independent references (issue 12) ----
+def _random_start_fits(A: torch.Tensor, name: str, k: int, starts: int = 5, seed: int = 0) -> list[float]:
+    """Joint fits from random (mean, directions), run to a tight tolerance: references that
+    share no start with the default fit."""
+    from bregman._arrays import RowSource
+    from bregman._pca_solver import BregmanSolver, SolverOptions, moments
+
+    tr = get_transfer(name)
+    src = RowSource(A)
+    mom = moments(src, tr)
+    g = torch.Generator().manual_seed(seed)
+    spread = A.std(0).clamp_min(1e-3)
+    out = []
+    for _ in range(starts):
+        m = tr.remove_gauge(mom.mean + spread * torch.randn(A.shape[1], generator=g, dtype=A.dtype))
+        V = tr.remove_gauge(torch.randn(k, A.shape[1], generator=g, dtype=A.dtype)).T
+        opts = SolverOptions(ridge=1e-7, max_iter=150, tol=1e-10, newton_steps=5, polish_steps=50, joint_mean=True,
+                             callback=None, generator=torch.Generator().manual_seed(0))
+        out.append(BregmanSolver(src, tr, k, opts).run(mom, init=(m, V)).divergence)
+    return out
+
+
+def _assert_default_reaches_the_references(A: torch.Tensor, name: str, k: int, random_starts: int = 5) -> BregmanPCA:
+    est = BregmanPCA(name, n_components=k).fit(A)
+    check_fit_invariants(est)
+    refs = {"pca": est.pca_divergence_}
+    if random_starts:
+        refs["random"] = min(_random_start_fits(A, name, k, starts=random_starts))
+    if get_transfer(name).invertible:
+        centroid = BregmanPCA(name, n_components=k, mean="centroid").fit(A)
+        check_fit_invariants(centroid)
+        refs["centroid"] = centroid.divergence_
+        # the joint model contains the centroid model, and the centroid fit is one of the starts
+        assert est.divergence_ <= centroid.divergence_ * (1 + 1e-9)
+    best = min(refs.values())
+    assert est.divergence_ <= (1 + 1e-3) * best + 1e-12, (est.divergence_, refs)
+    return est
+
+
+@pytest.fixture(scope="module")
+def digits_logits() -> torch.Tensor:
+    return digits_teacher_logits()
+
+
+@pytest.mark.parametrize("k", [1, 2, 3])
+def test_default_fit_on_digits_logits_reaches_the_best_reference(digits_logits, k):
+    """Pinned regression (issue 12): on a digits classifier's peaked logits the PCA start alone
+    stopped 27x above the centroid-held fit, with converged_=True."""
+    est = _assert_default_reaches_the_references(digits_logits, "softmax", k)
+    assert est.divergence_ < 0.5 * est.pca_divergence_  # far below Euclidean PCA of the logits
+    assert set(est.starts_) == {"pca", "centroid", "centroid_then_joint"}
+    assert est.divergence_ == pytest.approx(min(est.starts_.values()), rel=1e-12)
+
+
+@pytest.mark.parametrize("k", [1, 3])
+def test_default_fit_on_digits_logits_converges_within_the_default_max_iter(digits_logits, k):
+    est = BregmanPCA("softmax", n_components=k).fit(digits_logits)
+    assert est.converged_ and est.optimality_ <= est.optimality_tol_
+    assert est.n_iter_ <= 2 * est.max_iter  # each start within max_iter (the kept one: two phases)
+
+
+@settings(max_examples=6, deadline=None)
+@given(
+    name=st.sampled_from(NONLINEAR_TRANSFERS),
+    seed=st.integers(0, 10_000),
+    n=st.integers(20, 60),
+    d=st.integers(3, 6),
+    k=st.integers(1, 2),
+)
+@example(name="softmax", seed=3, n=40, d=5, k=1)
+@example(name="leaky_relu", seed=0, n=60, d=6, k=2)
+def test_property_default_fit_reaches_the_best_of_centroid_and_pca(name, seed, n, d, k):
+    """Random starts are not a reference here: on small synthetic logits (e.g. softmax, seed 3,
+    n 40, d 5, k 1) one of five random starts found a basin 9 % below the default's two starts
+    (reported in issue 12's note; the digits pins above do hold against random starts)."""
+    A = data_for(name, n=n, d=d, seed=seed)
+    _assert_default_reaches_the_references(A, name, min(k, d - 1), random_starts=0)
+
+
+# --- honest convergence ----------------------------------------------------------------------
+def _independent_optimality(est: BregmanPCA, A: torch.Tensor, C: torch.Tensor) -> float:
+    """sqrt(gᵀH⁻¹g / 2L) from autograd's gradient in (V, m) and per-unit Hessian blocks built
+    by hand (element-wise transfer), at the returned mean, directions and coefficients."""
+    tr = est.transfer_
+    m = est.mean_.clone().requires_grad_(True)
+    V = est.components_.T.clone().requires_grad_(True)
+    A_hat = m + C @ V.T
+    L = tr.divergence(A_hat, A).sum() + 0.5 * est.ridge_ * (C * C).sum()
+    gV, gm = torch.autograd.grad(L, (V, m))
+    G = torch.cat([gV, gm.unsqueeze(1)], 1)  # (d, k + 1)
+    Z = torch.cat([C, torch.ones_like(C[:, :1])], 1)
+    h = tr.hessian_diag(A_hat.detach())
+    H = torch.einsum("nj,na,nb->jab", h, Z, Z)
+    x = torch.linalg.solve(H, G.unsqueeze(-1)).squeeze(-1)
+    total = float(L.detach()) + A.shape[0] * 1e-3 * est.pca_divergence_
+    return (float((G * x).sum()) / (2 * total)) ** 0.5
+
+
+def test_converged_is_false_exactly_when_the_optimality_measure_misses_its_tolerance():
+    A = data_for("sigmoid", n=200, d=8, seed=31)
+    short = BregmanPCA("sigmoid", n_components=2, max_iter=1, tol=1e-8, mean="centroid").fit(A)
+    check_fit_invariants(short)
+    assert not short.converged_ and short.optimality_ > short.optimality_tol_
+    full = BregmanPCA("sigmoid", n_components=2).fit(A)
+    check_fit_invariants(full)
+    assert full.converged_ and full.optimality_ <= full.optimality_tol_ == pytest.approx(full.tol ** 0.5)
+    # the measure itself, recomputed independently at what the fit returned
+    C = full.transform(A)
+    assert full.optimality_ == pytest.approx(_independent_optimality(full, A, C), rel=1e-3, abs=1e-7)
+    assert short.optimality_ > 10 * full.optimality_
+
+
+def test_pca_divergence_matches_scikit_learn_pca_scored_by_hand():
+    from sklearn.decomposition import PCA
+
+    A = data_for("sigmoid", n=150, d=7, seed=32)
+    est = BregmanPCA("sigmoid", n_components=3).fit(A)
+    a = A.numpy()
+    rec = PCA(n_components=3).fit(a).inverse_transform(PCA(n_components=3).fit(a).transform(a))
+    p, q = 1 / (1 + np.exp(-a)), 1 / (1 + np.exp(-rec))
+    kl = np.sum(p * np.log(p / q) + (1 - p) * np.log((1 - p) / (1 - q)), axis=1).mean()
+    assert est.pca_divergence_ == pytest.approx(kl, rel=1e-8)
+    L = peaked_logits(n=150, d=6, seed=33)
+    soft = BregmanPCA("softmax", n_components=2).fit(L)
+    centred = (L - L.mean(1, keepdim=True)).numpy()
+    rec = PCA(n_components=2).fit(centred).inverse_transform(PCA(n_components=2).fit(centred).transform(centred))
+    logp = centred - np.log(np.exp(centred).sum(1, keepdims=True))
+    logq = rec - np.log(np.exp(rec).sum(1, keepdims=True))
+    assert soft.pca_divergence_ == pytest.approx(np.mean(np.sum(np.exp(logp) * (logp - logq), 1)), rel=1e-8)
+
+
+def test_an_unconverged_fit_puts_a_warning_into_the_job_metrics():
+    from workers.representation import convergence_warnings
+
+    A = data_for("sigmoid", n=200, d=8, seed=31)
+    short = BregmanPCA("sigmoid", n_components=2, max_iter=1, tol=1e-8, mean="centroid").fit(A)
+    (warning,) = convergence_warnings(short, 1)
+    assert "did not converge in 1 iterations" in warning and "solver.max_iter=200" in warning
+    assert f"{short.optimality_:.3g} > tol {short.optimality_tol_:.3g}" in warning
+    assert convergence_warnings(BregmanPCA("sigmoid", n_components=2).fit(A), 100) == []
+
+
+def test_extrapolation_takes_a_move_that_lowers_the_objective_and_refuses_one_that_does_not():
+    """BregmanSolver.extrapolate on a line through the optimum: from θ* + u to θ* + u/2, one more
+    move of the same length lands on θ* (kept, β grows); from θ* + u/2 to θ* + u it would
+    leave (refused, β shrinks, the end point is returned unchanged)."""
+    from bregman._arrays import RowSource
+    from bregman._pca_solver import BregmanSolver, CoefStore, SolverOptions, moments
+
+    A = data_for("sigmoid", n=150, d=6, seed=41)
+    tr, k = get_transfer("sigmoid"), 2
+    src = RowSource(A)
+    mom = moments(src, tr)
+    opts = SolverOptions(ridge=1e-7, max_iter=100, tol=1e-12, newton_steps=5, polish_steps=50, joint_mean=True,
+                         callback=None, generator=torch.Generator().manual_seed(0), multi_start=False)
+    solver = BregmanSolver(src, tr, k, opts)
+    res = solver.run(mom)
+    g = torch.Generator().manual_seed(1)
+    um, uV, uC = (0.05 * torch.randn(*shape, generator=g, dtype=A.dtype) for shape in ((6,), (6, k), (150, k)))
+
+    def store_of(C):
+        s = CoefStore(150, k, dtype=A.dtype, device=A.device, on_disk=False)
+        s.set(0, 150, C)
+        return s
+
+    def point(a):
+        return res.mean + a * um, res.V + a * uV, store_of(res.coefficients + a * uC)
+
+    m0, V0, s0 = point(1.0)
+    m1, V1, s1 = point(0.5)
+    m, V, beta = solver.extrapolate(s1, (m0, V0, s0), (m1, V1), 1.0)
+    torch.testing.assert_close(m, res.mean)
+    torch.testing.assert_close(V, res.V)
+    torch.testing.assert_close(s1.all(), res.coefficients)
+    assert beta > 1.0
+    m0, V0, s0 = point(0.5)
+    m1, V1, s1 = point(1.0)
+    m, V, beta = solver.extrapolate(s1, (m0, V0, s0), (m1, V1), 1.0)
+    assert torch.equal(m, m1) and torch.equal(V, V1) and beta < 1.0
+    torch.testing.assert_close(s1.all(), res.coefficients + uC)
