@@ -19,6 +19,7 @@ from torch import Tensor
 
 from bregman.distillation.evaluate import quality_metrics
 from bregman.distillation.settings import TrainSettings
+from bregman.distillation.targets import compute_targets
 from bregman.training import ProgressFn, default_device, predict
 
 #: bregman candidates' k at an element-wise layer besides the default share rule (a k that the
@@ -129,22 +130,26 @@ def auto_distill(teacher: Any, data: tuple[Any, Any], *, layer: str | None, stud
     _, teacher_module, _ = _teacher_parts(teacher)
     x, y = _split_data(data, "data")
     has_labels = y is not None
+    # the teacher runs through its cut (a loaded .pt2 program cannot be switched to eval mode)
+    cut = resolve_cut(teacher, layer, x[:2].to(default_device(teacher_module)), transfer)
+    dev = torch.device(device) if device is not None else default_device(teacher_module)
+
+    def teacher_logits(inputs: Tensor) -> Tensor:
+        outputs = compute_targets(inputs, cut=cut, device=dev).outputs
+        return _to_logits_fn(_probabilities(outputs))(outputs)
+
     if has_labels:
         strata = y
     else:  # stratify by what the teacher says
-        strata = predict(teacher_module, x).argmax(1)
+        strata = teacher_logits(x).argmax(1)
     train_idx, val_idx = stratified_split(strata, validation_fraction, seed)
     x_tr, y_tr = x[train_idx], (y[train_idx] if has_labels else None)
     x_val, y_val = x[val_idx], (y[val_idx] if has_labels else None)
     cache = cache if cache is not None else TargetCache()
     if candidates is None:
-        cut = resolve_cut(teacher, layer, x[:2].to(default_device(teacher_module)), transfer)
         candidates = default_candidates(has_labels=has_labels, n_components=n_components,
                                         representation=representation,
                                         softmax_layer=cut.transfer.name == "softmax")
-        d = cut.d
-    else:
-        d = None
     if not has_labels:
         candidates = [c for c in candidates if c.get("method") != "labels"]
     if not candidates:
@@ -157,7 +162,7 @@ def auto_distill(teacher: Any, data: tuple[Any, Any], *, layer: str | None, stud
     rows: list[dict[str, Any]] = []
     results: list[Any] = []
     seen_k: set[int] = set()
-    usable = [c for c in candidates if not _k_unusable(c, d, int(x_tr.shape[0]))]
+    usable = [c for c in candidates if not _k_unusable(c, cut.d, int(x_tr.shape[0]))]
     for i, cand in enumerate(usable):
         method = cand["method"]
         k_asked = cand.get("n_components")
@@ -201,10 +206,10 @@ def auto_distill(teacher: Any, data: tuple[Any, Any], *, layer: str | None, stud
                        progress=final)
     if test is not None:
         test_x, test_y = _split_data(test, "test")
-        teacher_out = predict(teacher_module, test_x)
-        to_logits = _to_logits_fn(_probabilities(teacher_out))
+        reference = teacher_logits(test_x)
         for row, result in zip(rows, results):
-            q = quality_metrics(to_logits(predict(result.model, test_x)), test_y, to_logits(teacher_out))
+            outputs = predict(result.model, test_x)
+            q = quality_metrics(_to_logits_fn(result.outputs_are_probabilities)(outputs), test_y, reference)
             row["test_accuracy"] = q.get("accuracy")
             row["test_agreement"] = q["agreement"]
     out.metrics.update({"selection": rows, "selection_metric": "accuracy" if has_labels else "agreement",
