@@ -54,7 +54,7 @@ class DemoPlan:
     @classmethod
     def make(cls, quick: bool) -> "DemoPlan":
         if quick:
-            return cls(teacher_epochs=8, student_epochs=40, n_components=16, solver_max_iter=15)
+            return cls(teacher_epochs=8, student_epochs=None, n_components=16, solver_max_iter=15)
         return cls(teacher_epochs=30, student_epochs=None, n_components=16)
 
     def budget(self) -> dict[str, Any]:
