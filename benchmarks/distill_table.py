@@ -25,7 +25,7 @@ Protocol (identical for every method; run ``--help`` for the options)
 - Layer: the library's default (the penultimate layer, ReLU, d = 128); ``--all-variants`` adds
   the logits (softmax transfer) and the recipe variants below.
 - ``auto``: ``distill(method="auto")``: it holds out 25 % of the transfer set itself, trains
-  bregman (default k, 16, 32), hint, kd and labels with equal budgets on the rest, keeps the best
+  bregman (default k and 16), hint, kd and labels with equal budgets on the rest, keeps the best
   on that split and retrains it on the whole transfer set; it never sees the harness's
   validation or test rows.
 - Budget: the library default (batch ``min(64, max(16, N/4))``, about 1500 AdamW steps, cosine).

@@ -24,7 +24,7 @@ from bregman.training import ProgressFn, default_device, predict
 
 #: bregman candidates' k at an element-wise layer besides the default share rule (a k that the
 #: layer or the training rows cannot hold is left out; one the default already chose, too)
-EXTRA_K = (16, 32)
+EXTRA_K = (16,)
 
 
 def stratified_split(strata: Tensor, fraction: float, seed: int) -> tuple[Tensor, Tensor]:

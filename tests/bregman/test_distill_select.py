@@ -37,7 +37,7 @@ def test_stratified_split_holds_out_each_class_in_proportion_and_is_seeded():
 
 def test_default_candidates_are_bregman_at_several_k_hint_kd_and_labels():
     names = [(c["method"], c.get("n_components")) for c in default_candidates(has_labels=True)]
-    assert names == [("bregman", None), ("bregman", 16), ("bregman", 32), ("hint", None), ("kd", None),
+    assert names == [("bregman", None), ("bregman", 16), ("hint", None), ("kd", None),
                      ("labels", None)]
     assert [c["method"] for c in default_candidates(has_labels=False, softmax_layer=True)] == ["bregman", "hint", "kd"]
     assert default_candidates(has_labels=True, n_components=5)[0] == {"method": "bregman", "n_components": 5}
