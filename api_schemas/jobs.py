@@ -32,8 +32,9 @@ TERMINAL_STATES = frozenset({JobState.succeeded, JobState.failed, JobState.cance
 Device = Literal["cpu", "cuda"]
 
 #: ``bregman``: predict the layer's Bregman coefficients; ``kd``: soft labels (Hinton et al.);
-#: ``hint``: regress the layer's pre-activations (FitNets-style); ``labels``: labels alone.
-DistillationMethod = Literal["bregman", "kd", "hint", "labels"]
+#: ``hint``: regress the layer's pre-activations (FitNets-style); ``labels``: labels alone;
+#: ``auto``: train those on a validation split of the transfer set and keep the best.
+DistillationMethod = Literal["auto", "bregman", "kd", "hint", "labels"]
 
 #: ``auto``: softmax at the teacher's output layer (its logits), else the transfer listed after the
 #: layer; ``listed``: always the listed one; ``softmax``: only at the output layer. The name of the
@@ -283,7 +284,7 @@ class DistillationSpec(_SpecBase):
         "99.9 % of the divergence)."))
     student: StudentSpec = Field(default_factory=StudentSpec)
     methods: list[DistillationMethod] = Field(
-        default_factory=lambda: ["bregman"],
+        default_factory=lambda: ["auto"],
         min_length=1,
         description="The first method's student is the job's `student.*` artifact; the others are compared.",
     )

@@ -2,7 +2,11 @@
 
 The first method's student is the job's main artifact set (at the top level of the job's
 artifacts); every further method is trained on the same data and budget for comparison, and its
-metrics and training history go into the report.
+metrics and training history go into the report. ``auto`` (the default) trains the candidate
+methods on a validation split of the transfer set and keeps the best
+(:mod:`bregman.distillation.select`); its progress phases are ``auto:<candidate>:<phase>`` and
+``auto:final <candidate>:<phase>``, and its selection table is in the report and in the job's
+final metrics (``selection``).
 
 Artifacts: ``student.safetensors``, ``student.json`` (manifest: architecture, method, k, layer,
 transfer, metrics), ``student.pt2`` (``torch.export`` program of the whole pipeline, inputs →
@@ -14,8 +18,9 @@ Report dict (``report.json``; also what ``workers.report_plots.write_distillatio
 
     {
       "kind": "distillation", "teacher_sha256": str, "dataset": str, "layer": str | None,
-      "method": str,                          # the main student's method
-      "methods": [str],                       # all methods run, main first
+      "method": str,                          # the main student's method (auto: the winner's)
+      "methods": [str],                       # all methods asked for, main first (may hold "auto")
+      "selection": [{...}] | None,            # auto's table (see bregman.distillation.select)
       "k": int | None, "representation_job_id": str | None,
       "accuracy": {"teacher": float, "student": float, "<other method>": float, ...},  # test set
       "metrics": {"<method>": {...library metrics...}},
@@ -69,6 +74,7 @@ def _clean(value: Any) -> Any:
 def run_distillation(run: JobRun, spec: dict[str, Any], teacher: Any, dataset: Any, teacher_sha256: str,
                      out_dir: Path, representation: dict[str, Any] | None) -> dict[str, Any]:
     from bregman.distillation.api import distill
+    from bregman.distillation.settings import TrainSettings
     from bregman.distillation.targets import TargetCache
 
     device = resolve_device(spec.get("device", "cpu"))
@@ -87,23 +93,28 @@ def run_distillation(run: JobRun, spec: dict[str, Any], teacher: Any, dataset: A
         layer = str(representation["spec"]["layer"])
         transfer = representation["spec"].get("transfer", "auto")
         n_components = None
-    options = {k: v for k, v in (spec.get("options") or {}).items() if v is not None}
+    settings = TrainSettings.from_options(spec.get("options"), epochs=budget.get("epochs"))
     student = {k: v for k, v in (spec.get("student") or {"arch": "mlp"}).items() if v is not None}
-    methods: list[str] = list(spec.get("methods") or ["bregman"])
+    methods: list[str] = list(spec.get("methods") or ["auto"])
     cache = TargetCache()
     results: dict[str, Any] = {}
 
     for i, method in enumerate(methods):
         def progress(phase: str, fraction: float, metrics: dict[str, Any], _i: int = i, _m: str = method) -> None:
-            start, width = _WITHIN.get(phase, (0.0, 1.0))
-            within = start + width * max(0.0, min(1.0, float(fraction)))
-            run.progress(f"{_m}:{phase}", (_i + within) / len(methods), {f"{_m}_{k}": v for k, v in (metrics or {}).items()})
+            metrics = dict(metrics or {})
+            # auto: "<candidate>:<library phase>", one share of the method's progress per candidate
+            index, count = metrics.pop("candidate_index", 0), metrics.pop("candidate_count", 1)
+            start, width = _WITHIN.get(phase.rsplit(":", 1)[-1], (0.0, 1.0))
+            within = (index + start + width * max(0.0, min(1.0, float(fraction)))) / max(1, count)
+            scalars = {f"{_m}_{k}": v for k, v in metrics.items() if isinstance(v, (int, float, str, bool))}
+            run.progress(f"{_m}:{phase}", (_i + within) / len(methods), scalars)
 
+        uses_representation = method in ("bregman", "auto")
         results[method] = distill(
             teacher, (x, y), layer, method=method, student=student, n_components=n_components, seed=seed,
-            test=test, epochs=budget.get("epochs"), transfer=transfer,
-            representation=exported if method == "bregman" else None, cache=cache, device=device,
-            progress=progress, measure_latency=False, **options,
+            test=test, settings=settings, transfer=transfer,
+            representation=exported if uses_representation else None, cache=cache, device=device,
+            progress=progress, measure_latency=False,
         )
 
     main_method = methods[0]
@@ -128,8 +139,9 @@ def run_distillation(run: JobRun, spec: dict[str, Any], teacher: Any, dataset: A
         "teacher_sha256": teacher_sha256,
         "dataset": spec["dataset"],
         "layer": main.layer,
-        "method": main_method,
+        "method": main.method,
         "methods": methods,
+        "selection": main.metrics.get("selection"),
         "k": main.k,
         "representation_job_id": spec.get("representation_job_id"),
         "accuracy": accuracy,
@@ -150,5 +162,8 @@ def run_distillation(run: JobRun, spec: dict[str, Any], teacher: Any, dataset: A
         logger.warning("distillation plots failed: %s", exc)
 
     final = {k: v for k, v in _clean(main.metrics).items() if isinstance(v, (int, float, str, type(None)))}
-    final.update(method=main_method, layer=main.layer, k=main.k, accuracy=accuracy)
+    final.update(method=main.method, layer=main.layer, k=main.k, accuracy=accuracy)
+    if main.metrics.get("selection") is not None:
+        final["selection"] = _clean(main.metrics["selection"])
+        final["selected_method"] = main.method
     return final

@@ -7,7 +7,6 @@ result is evaluated against the teacher and can be saved as deployable artifacts
 from __future__ import annotations
 
 import logging
-import math
 import numbers
 import time
 from dataclasses import dataclass, field
@@ -17,13 +16,13 @@ from typing import Any, Callable
 import torch
 from torch import Tensor, nn
 
-from bregman.distillation.augment import noisy_copies
+from bregman.distillation.augment import augmented_copies
 from bregman.distillation.cut import Cut, resolve_cut
 from bregman.distillation.evaluate import cost_metrics, parameter_count, quality_metrics
 from bregman.distillation.methods import (
     LAYER_METHODS,
+    METHOD_CHOICES,
     DistilledModel,
-    LossSettings,
     MethodError,
     TransferLayer,
     check_method,
@@ -31,6 +30,7 @@ from bregman.distillation.methods import (
     make_batch_loss,
     student_width,
 )
+from bregman.distillation.settings import DEFAULT_TARGET_STEPS, TrainSettings, default_budget  # noqa: F401
 from bregman.distillation.students import build_student
 from bregman.distillation.targets import TargetCache, TeacherTargets, coefficients, compute_targets
 from bregman.training import ProgressFn, check_labels, default_device, predict, train_loop
@@ -43,24 +43,6 @@ logger = logging.getLogger(__name__)
 #: already reproduces the teacher's predictions, yet students learn the coefficients better with
 #: each added direction (digits, 10 % of the data: 87.4 % at k=4, 93.2 % at 6, 96.0 % at 9).
 DEFAULT_EXPLAINED_DIVERGENCE = 0.999
-#: default number of optimizer steps the epoch count aims at (see :func:`default_budget`)
-DEFAULT_TARGET_STEPS = 1500
-
-
-def default_budget(n: int, batch_size: int | None = None, epochs: int | None = None) -> tuple[int, int]:
-    """Default batch size and epochs for a transfer set of ``n`` examples.
-
-    batch size: ``min(64, max(16, n // 4))`` (small sets get several steps per epoch);
-    epochs: enough for about 1500 optimizer steps, clamped to [10, 300].
-    """
-    if batch_size is None:
-        batch_size = int(min(64, max(16, n // 4)))
-    if epochs is None:
-        steps_per_epoch = math.ceil(n / batch_size)
-        epochs = int(min(300, max(10, math.ceil(DEFAULT_TARGET_STEPS / steps_per_epoch))))
-    return int(batch_size), int(epochs)
-
-
 @dataclass
 class DistillResult:
     """A distilled student and what was measured about it.
@@ -273,19 +255,7 @@ def distill(
     seed: int = 0,
     *,
     test: tuple[Any, Any] | None = None,
-    epochs: int | None = None,
-    batch_size: int | None = None,
-    lr: float = 3e-3,
-    weight_decay: float = 1e-4,
-    optimizer: str = "adamw",
-    schedule: str = "cosine",
-    temperature: float = 4.0,
-    alpha: float = 0.9,
-    coefficient_weight: float = 1.0,
-    divergence_weight: float = 0.0,
-    label_weight: float = 0.0,
-    augment_copies: int = 0,
-    augment_noise: float = 0.3,
+    settings: TrainSettings | None = None,
     transfer: str | None = "auto",
     representation: Any = None,
     pca_options: dict[str, Any] | None = None,
@@ -293,6 +263,9 @@ def distill(
     measure_latency: bool = True,
     device: torch.device | str | None = None,
     progress: ProgressFn | None = None,
+    validation_fraction: float = 0.25,
+    candidates: list[dict[str, Any]] | None = None,
+    **training: Any,
 ) -> DistillResult:
     """Distill ``teacher`` into a small student on the transfer set ``data``.
 
@@ -311,11 +284,16 @@ def distill(
         Default: the last tappable layer below the output layer (the penultimate; the logits
         when there is none), see :func:`bregman.distillation.cut.default_layer`. Used by
         ``bregman`` and ``hint``.
-    method : {"bregman", "kd", "hint", "labels"}, default "bregman"
+    method : {"bregman", "kd", "hint", "labels", "auto"}, default "bregman"
         ``bregman``: predict the layer's Bregman coefficients, pass them through the imported
         layer and the teacher's frozen head. ``kd``: soft labels (Hinton et al.). ``hint``:
         regress the layer's pre-activations, then the head (FitNets-style). ``labels``:
-        cross-entropy on the labels alone.
+        cross-entropy on the labels alone. ``auto``: hold out a stratified validation split of
+        the transfer set, train every candidate (bregman at two or three k, hint, kd, labels)
+        with the same budget on the rest, keep the best on validation (accuracy; agreement with
+        the teacher without labels) and train it again on the whole transfer set; ``test`` is
+        never read before the choice is made. ``metrics["selection"]`` holds the table (see
+        :func:`bregman.distillation.select.auto_distill`).
     student : dict, default {"arch": "mlp", "hidden": [32]}
         A registry architecture and its arguments; the input size and the output width (k,
         the layer width d, or the number of teacher outputs) are filled in.
@@ -323,37 +301,24 @@ def distill(
         ``bregman``'s k: an int, a share of the divergence in (0, 1), or None: at a softmax
         layer every direction (k = d − 1, at most 64 and below the number of rows), elsewhere
         the smallest k explaining 99.9 % of the mean-only model's divergence on the transfer
-        set (see :func:`default_components`).
+        set (see :func:`default_components`). Under ``auto`` a given k is the only bregman
+        candidate.
     seed : int, default 0
-        Seeds the student's initial weights, the example order and the representation fit.
+        Seeds the student's initial weights, the example order, the representation fit and
+        ``auto``'s validation split.
     test : (x_test, y_test), optional
         Evaluation data (y_test may be None); without it the metrics cover the transfer set only.
-    epochs, batch_size : int, optional
-        Default from :func:`default_budget`: batch ``min(64, max(16, N // 4))`` and enough epochs
-        for about 1500 steps (10 to 300 epochs).
-    lr : float, default 3e-3
-        Peak learning rate of AdamW, cosine-decayed to 0.
-    weight_decay : float, default 1e-4
-    optimizer : {"adamw", "sgd"}, default "adamw"
-    schedule : {"cosine", "constant"}, default "cosine"
-    temperature : float, default 4.0
-        ``kd``'s temperature.
-    alpha : float, default 0.9
-        ``kd``'s weight of the soft-label term (the label term gets 1 − α when labels exist).
-    coefficient_weight : float, default 1.0
-        ``bregman``: weight of the squared error ½‖ĉ − c‖² on the coefficients.
-    divergence_weight : float, default 0.0
-        ``bregman``: weight of the layer's divergence ``D_F(m + V ĉ, a)``.
-    label_weight : float, default 0.0
-        ``bregman`` / ``hint``: weight of the label cross-entropy of the deployed output.
-    augment_copies : int, default 0
-        Add this many noisy copies of the transfer inputs (labels repeated), labelled by the
-        teacher once with the rest (see :mod:`bregman.distillation.augment`): for transfer sets
-        of a few dozen examples, where 20 copies lifted every teacher-driven method by 6-9
-        accuracy points on digits. The default budget counts the copies.
-    augment_noise : float, default 0.3
-        Standard deviation of the copies' Gaussian noise, in units of the inputs' standard
-        deviation.
+    settings : TrainSettings, optional
+        The training settings in one object; keywords (``**training``) override its fields.
+    **training
+        Any :class:`~bregman.distillation.settings.TrainSettings` field: ``epochs``,
+        ``batch_size`` (default from :func:`default_budget`: batch ``min(64, max(16, N // 4))``
+        and about 1500 steps), ``lr`` (3e-3), ``weight_decay`` (1e-4), ``optimizer``
+        ("adamw"), ``schedule`` ("cosine"), ``temperature`` (kd, 4.0), ``alpha`` (kd, 0.9),
+        ``coefficient_weight`` (1.0), ``divergence_weight`` (0.0), ``label_weight`` (0.0),
+        ``coefficient_scaling`` ("none"), ``coefficient_loss`` ("squared"),
+        ``augment_copies`` (0: teacher-labelled copies of each row for tiny transfer sets; the
+        default budget counts them), ``augment_noise`` (0.3), ``augment`` ("noise" or "mixup").
     transfer : {"auto", "listed", "softmax"}, default "auto"
         At the teacher's output layer, ``"auto"`` uses the softmax transfer (the paper's choice;
         the head becomes ``log``); elsewhere the layer's listed transfer.
@@ -371,7 +336,14 @@ def distill(
         itself is not moved (its cut is a copy).
     progress : callable, optional
         ``progress(phase, fraction, metrics)`` with phases ``"targets"``, ``"representation"``,
-        ``"train"``, ``"evaluate"``; an exception raised inside aborts the run and propagates.
+        ``"train"``, ``"evaluate"`` (under ``auto``: ``"<candidate>:<phase>"`` for each
+        candidate, then ``"final <candidate>:<phase>"``); an exception raised inside aborts the
+        run and propagates.
+    validation_fraction : float, default 0.25
+        ``auto``: the share of the transfer set held out for the choice.
+    candidates : list of dict, optional
+        ``auto``: the candidates (``{"method": ..., "n_components": ...}``) instead of the
+        default list (:func:`bregman.distillation.select.default_candidates`).
 
     Returns
     -------
@@ -380,12 +352,50 @@ def distill(
     Raises
     ------
     ValueError
-        Bad inputs: unknown method, labels missing for ``labels``, inputs that do not match the
-        teacher, an untappable layer (:class:`bregman.layers.LayerError`), a representation of
-        another layer, ...
+        Bad inputs: unknown method or training setting, labels missing for ``labels``, inputs
+        that do not match the teacher, an untappable layer (:class:`bregman.layers.LayerError`),
+        a representation of another layer, ...
     """
-    t_start = time.perf_counter()
-    method = check_method(method)
+    method = check_method(method, METHOD_CHOICES)
+    train = TrainSettings.from_options(training, base=settings)
+    if method == "auto":
+        from bregman.distillation.select import auto_distill
+
+        return auto_distill(teacher, data, layer=layer, student=student, n_components=n_components, seed=seed,
+                            test=test, settings=train, transfer=transfer, representation=representation,
+                            pca_options=pca_options, cache=cache, measure_latency=measure_latency, device=device,
+                            progress=progress, validation_fraction=validation_fraction, candidates=candidates)
+    if candidates is not None:
+        raise ValueError("candidates are the choices of method='auto'; pass method='auto' or leave them out")
+    return _distill_one(teacher, data, layer, method, student, n_components, seed, test=test, settings=train,
+                        transfer=transfer, representation=representation, pca_options=pca_options, cache=cache,
+                        measure_latency=measure_latency, device=device, progress=progress)
+
+
+@dataclass
+class _Problem:
+    """What every method of one distillation shares: the data, the cut and the teacher's targets."""
+
+    x: Tensor
+    y: Tensor | None
+    n_rows: int
+    test_x: Tensor | None
+    test_y: Tensor | None
+    input_shape: tuple[int, ...]
+    cut: Cut
+    targets: TeacherTargets
+    targets_of: Callable[[Tensor], TeacherTargets]
+    to_logits: Callable[[Tensor], Tensor]
+    teacher_logits: Tensor
+    probabilities: bool
+    num_outputs: int
+    device: torch.device
+    teacher_module: nn.Module
+
+
+def _prepare(teacher: Any, data: Any, test: Any, layer: str | None, method: str, transfer: str | None,
+             settings: TrainSettings, seed: int, cache: TargetCache | None, device: Any) -> _Problem:
+    """Check the inputs, add the copies, cut the teacher and compute its targets once."""
     graph_source, teacher_module, input_shape = _teacher_parts(teacher)
     x, y = _split_data(data, "data")
     if input_shape is not None and tuple(x.shape[1:]) != input_shape:
@@ -401,17 +411,10 @@ def distill(
         if tuple(test_x.shape[1:]) != input_shape:
             raise ValueError(f"test inputs have per-example shape {tuple(test_x.shape[1:])}, the transfer set "
                              f"{input_shape}: they must match")
-    n_components = _check_n_components(n_components)
     n_rows = int(x.shape[0])
-    x, y = noisy_copies(x, y, augment_copies, augment_noise, seed)  # before the budget: it counts them
-    settings = LossSettings(temperature=temperature, alpha=alpha, coefficient_weight=coefficient_weight,
-                            divergence_weight=divergence_weight, label_weight=label_weight)
+    # before the budget: it counts the copies
+    x, y = augmented_copies(x, y, settings.augment, settings.augment_copies, settings.augment_noise, seed)
     dev = torch.device(device) if device is not None else default_device(teacher_module)
-    batch_size, epochs = default_budget(int(x.shape[0]), batch_size, epochs)
-    report = progress or (lambda phase, fraction, metrics: None)
-
-    # --- the teacher's targets, once ----------------------------------------------------------
-    report("targets", 0.0, {})
     example = x[:2].to(default_device(teacher_module))
     cut: Cut = resolve_cut(graph_source, layer, example, transfer)
     cut.body.to(dev)
@@ -427,10 +430,36 @@ def distill(
     targets = targets_of(x)
     probabilities = _probabilities(targets.outputs)
     to_logits = _to_logits_fn(probabilities)
-    teacher_logits = to_logits(targets.outputs)
     num_outputs = int(targets.outputs.shape[1])
     if y is not None:
         check_labels(y, num_outputs)
+    return _Problem(x=x, y=y, n_rows=n_rows, test_x=test_x, test_y=test_y, input_shape=input_shape, cut=cut,
+                    targets=targets, targets_of=targets_of, to_logits=to_logits,
+                    teacher_logits=to_logits(targets.outputs), probabilities=probabilities,
+                    num_outputs=num_outputs, device=dev, teacher_module=teacher_module)
+
+
+def _coefficient_weights(coef: Tensor, scaling: str) -> Tensor | None:
+    """``whiten``: direction j weighed by ``mean E[c²] / E[c_j²]`` (the overall scale kept)."""
+    if scaling == "none":
+        return None
+    second = coef.double().pow(2).mean(0).clamp_min(1e-12)
+    return (second.mean() / second).float()
+
+
+def _distill_one(teacher: Any, data: Any, layer: str | None, method: str, student: dict[str, Any] | None,
+                 n_components: Any, seed: int, *, test: Any, settings: TrainSettings, transfer: str | None,
+                 representation: Any, pca_options: dict[str, Any] | None, cache: TargetCache | None,
+                 measure_latency: bool, device: Any, progress: ProgressFn | None) -> DistillResult:
+    """One method, one student (every method but ``auto``)."""
+    t_start = time.perf_counter()
+    n_components = _check_n_components(n_components)
+    report = progress or (lambda phase, fraction, metrics: None)
+    report("targets", 0.0, {})
+    prob = _prepare(teacher, data, test, layer, method, transfer, settings, seed, cache, device)
+    x, y, cut, dev = prob.x, prob.y, prob.cut, prob.device
+    settings = settings.with_budget(int(x.shape[0]))
+    losses = settings.loss_settings()
     report("targets", 1.0, {"n": int(x.shape[0])})
 
     # --- the representation (bregman) ----------------------------------------------------------
@@ -440,78 +469,87 @@ def distill(
     if method == "bregman":
         report("representation", 0.0, {})
         exported, coef_source = _fit_or_check_representation(
-            representation, targets, cut, n_components, seed, pca_options, cache, x)
-        coef_targets = coefficients(targets, coef_source)
+            representation, prob.targets, cut, n_components, seed, pca_options, cache, x)
+        coef_targets = coefficients(prob.targets, coef_source)
         rep_metrics = _representation_metrics(coef_source, exported)
         report("representation", 1.0, dict(rep_metrics))
 
     # --- the student and its deployed pipeline ---------------------------------------------------
     k = int(exported.k) if exported is not None else None
-    width = student_width(method, num_outputs=num_outputs, d=cut.d, k=k)
-    student_module, student_manifest = build_student(student, input_shape, width, seed=seed, device=dev)
+    width = student_width(method, num_outputs=prob.num_outputs, d=cut.d, k=k)
+    student_module, student_manifest = build_student(student, prob.input_shape, width, seed=seed, device=dev)
     if method == "bregman":
         frozen_layer = frozen_copy(exported).float().to(dev)
         model = DistilledModel(student_module, frozen_layer, frozen_copy(cut.head).to(dev))
     elif method == "hint":
         model = DistilledModel(student_module, TransferLayer(cut.transfer), frozen_copy(cut.head).to(dev))
     else:
-        model = DistilledModel(student_module, output=nn.Softmax(dim=-1) if probabilities else None)
+        model = DistilledModel(student_module, output=nn.Softmax(dim=-1) if prob.probabilities else None)
 
-    batch_loss, names = make_batch_loss(method, settings, has_labels=y is not None, transfer=cut.transfer,
-                                        outputs_to_logits=to_logits)
-    available = {"x": x, "y": y, "teacher_logits": teacher_logits, "preactivations": targets.preactivations,
+    weights = _coefficient_weights(coef_targets, losses.coefficient_scaling) if coef_targets is not None else None
+    batch_loss, names = make_batch_loss(method, losses, has_labels=y is not None, transfer=cut.transfer,
+                                        outputs_to_logits=prob.to_logits,
+                                        coefficient_weights=None if weights is None else weights.to(dev))
+    available = {"x": x, "y": y, "teacher_logits": prob.teacher_logits, "preactivations": prob.targets.preactivations,
                  "coefficients": coef_targets}
     tensors = [available[name] for name in names]
 
     # --- training: no teacher call from here on ----------------------------------------------------
     t_train = time.perf_counter()
-    history = train_loop(model, tensors, batch_loss, epochs=epochs, batch_size=batch_size, lr=lr,
-                         weight_decay=weight_decay, optimizer=optimizer, schedule=schedule, seed=seed, device=dev,
-                         progress=progress, phase="train", params=list(student_module.parameters()))
+    history = train_loop(model, tensors, batch_loss, epochs=settings.epochs, batch_size=settings.batch_size,
+                         lr=settings.lr, weight_decay=settings.weight_decay, optimizer=settings.optimizer,
+                         schedule=settings.schedule, seed=seed, device=dev, progress=progress, phase="train",
+                         params=list(student_module.parameters()))
     train_time = time.perf_counter() - t_train
 
     # --- evaluation -------------------------------------------------------------------------------
     report("evaluate", 0.0, {})
-    metrics: dict[str, float] = {}
-    metrics.update(quality_metrics(to_logits(predict(model, x, device=dev)), y, teacher_logits, prefix="transfer_"))
-    if test_x is not None:
-        test_targets = targets_of(test_x)
-        metrics.update(quality_metrics(to_logits(predict(model, test_x, device=dev)), test_y,
-                                       to_logits(test_targets.outputs), prefix="test_"))
-        if method == "bregman":
-            # The ceiling of any student of this representation: the teacher's own coefficients
-            # of the test inputs through the imported layer and the head.
-            ideal = coefficients(test_targets, coef_source).to(dev)
-            with torch.no_grad():
-                ideal_out = to_logits(model.above_student(ideal))
-            metrics.update(quality_metrics(ideal_out, test_y, to_logits(test_targets.outputs),
-                                           prefix="test_representation_"))
-            metrics.pop("test_representation_teacher_accuracy", None)
+    metrics = _evaluate(prob, model, method, coef_source if method == "bregman" else None)
     if measure_latency:
-        metrics.update(cost_metrics(model, teacher_module, x[: min(64, x.shape[0])], student=student_module))
+        metrics.update(cost_metrics(model, prob.teacher_module, x[: min(64, x.shape[0])], student=student_module))
     else:
         metrics.update({"parameters": float(parameter_count(model)),
                         "student_parameters": float(parameter_count(student_module)),
-                        "teacher_parameters": float(parameter_count(teacher_module))})
+                        "teacher_parameters": float(parameter_count(prob.teacher_module))})
     metrics.update(rep_metrics)
-    metrics.update({"n_transfer": float(n_rows), "n_trained_on": float(x.shape[0]), "epochs": float(epochs),
-                    "train_time_s": train_time, "total_time_s": time.perf_counter() - t_start})
+    metrics.update({"n_transfer": float(prob.n_rows), "n_trained_on": float(x.shape[0]),
+                    "epochs": float(settings.epochs), "train_time_s": train_time,
+                    "total_time_s": time.perf_counter() - t_start})
     report("evaluate", 1.0, dict(metrics))
 
-    settings_record = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "weight_decay": weight_decay,
-                       "optimizer": optimizer, "schedule": schedule, "seed": seed,
-                       "n_components": n_components, "augment_copies": augment_copies,
-                       "augment_noise": augment_noise if augment_copies else None,
-                       **settings.for_method(method)}
     uses_layer = method in LAYER_METHODS
     return DistillResult(
         model=model, student=student_module, method=method,
         layer=cut.layer if uses_layer else None,
         transfer=cut.transfer.to_dict() if uses_layer else None,
         k=k, representation=exported, metrics=metrics, history=history, student_manifest=student_manifest,
-        settings=settings_record, input_shape=input_shape, outputs_are_probabilities=probabilities,
+        settings={**settings.record(method), "seed": seed, "n_components": n_components},
+        input_shape=prob.input_shape, outputs_are_probabilities=prob.probabilities,
         example_input=x[:2].detach().cpu(),
     )
+
+
+def _evaluate(prob: _Problem, model: nn.Module, method: str, coef_source: Any) -> dict[str, float]:
+    """Quality on the transfer set and, with a test split, on it (and bregman's ceiling there)."""
+    dev, to_logits = prob.device, prob.to_logits
+    metrics: dict[str, float] = {}
+    metrics.update(quality_metrics(to_logits(predict(model, prob.x, device=dev)), prob.y, prob.teacher_logits,
+                                   prefix="transfer_"))
+    if prob.test_x is None:
+        return metrics
+    test_targets = prob.targets_of(prob.test_x)
+    metrics.update(quality_metrics(to_logits(predict(model, prob.test_x, device=dev)), prob.test_y,
+                                   to_logits(test_targets.outputs), prefix="test_"))
+    if method == "bregman":
+        # The ceiling of any student of this representation: the teacher's own coefficients
+        # of the test inputs through the imported layer and the head.
+        ideal = coefficients(test_targets, coef_source).to(dev)
+        with torch.no_grad():
+            ideal_out = to_logits(model.above_student(ideal))
+        metrics.update(quality_metrics(ideal_out, prob.test_y, to_logits(test_targets.outputs),
+                                       prefix="test_representation_"))
+        metrics.pop("test_representation_teacher_accuracy", None)
+    return metrics
 
 
 #: Largest default k at a softmax layer: each row's coefficient step solves a k×k system, so

@@ -27,6 +27,22 @@ def coefficient_loss(c_hat: Tensor, c: Tensor) -> Tensor:
     return F.mse_loss(c_hat, c, reduction="sum") * (0.5 / max(1, c_hat.shape[0]))
 
 
+def weighted_coefficient_loss(c_hat: Tensor, c: Tensor, weights: Tensor | None = None, *,
+                              robust: bool = False) -> Tensor:
+    """½ Σ_j w_j ρ(ĉ_j − c_j), batch mean: per-direction weights ``w`` and, with ``robust``, the
+    Huber ρ (quadratic up to 1, linear beyond: a confident example's large coefficient pulls no
+    harder than a unit error). ``weights=None`` and ``robust=False`` is :func:`coefficient_loss`."""
+    if c_hat.shape != c.shape:
+        raise ValueError(f"predicted coefficients have shape {tuple(c_hat.shape)}, targets {tuple(c.shape)}")
+    if robust:
+        per = F.huber_loss(c_hat, c, reduction="none", delta=1.0)  # ½e² for |e| <= 1
+    else:
+        per = 0.5 * (c_hat - c) ** 2
+    if weights is not None:
+        per = per * weights
+    return per.sum() / max(1, c_hat.shape[0])
+
+
 def bregman_divergence_loss(a_hat: Tensor, a: Tensor, transfer: "Transfer") -> Tensor:
     """The layer's Bregman divergence ``D_F(â, a)``, averaged over the batch.
 
@@ -101,4 +117,5 @@ __all__ = [
     "kl_to_teacher",
     "label_loss",
     "soft_label_loss",
+    "weighted_coefficient_loss",
 ]

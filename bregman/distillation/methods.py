@@ -33,9 +33,14 @@ from bregman.distillation.losses import (
     hint_loss,
     kd_loss,
     label_loss,
+    weighted_coefficient_loss,
 )
 
 METHODS = ("bregman", "kd", "hint", "labels")
+#: what ``distill`` accepts: the methods, and ``auto`` (train several, keep the best on validation)
+METHOD_CHOICES = METHODS + ("auto",)
+COEFFICIENT_SCALINGS = ("none", "whiten")
+COEFFICIENT_LOSSES = ("squared", "huber")
 #: methods that use a teacher layer (the others only use the teacher's outputs, or nothing)
 LAYER_METHODS = ("bregman", "hint")
 
@@ -44,9 +49,9 @@ class MethodError(ValueError):
     """An unknown method, or settings/data the method cannot use."""
 
 
-def check_method(method: str) -> str:
-    if method not in METHODS:
-        raise MethodError(f"unknown method {method!r}: choose one of {', '.join(METHODS)}")
+def check_method(method: str, choices: tuple[str, ...] = METHODS) -> str:
+    if method not in choices:
+        raise MethodError(f"unknown method {method!r}: choose one of {', '.join(choices)}")
     return method
 
 
@@ -68,6 +73,11 @@ class LossSettings:
     label_weight : float, default 0.0
         ``bregman`` and ``hint``: weight of the cross-entropy of the deployed model's output
         against the labels (used only when labels exist).
+    coefficient_scaling : {"none", "whiten"}, default "none"
+        ``bregman``: ``"whiten"`` weighs direction j of the coefficient loss by
+        ``mean_j E[c²] / E[c_j²]`` (every direction equally, instead of by its divergence).
+    coefficient_loss : {"squared", "huber"}, default "squared"
+        ``bregman``: the Huber loss bounds the pull of large coefficient errors.
     """
 
     temperature: float = 4.0
@@ -75,8 +85,16 @@ class LossSettings:
     coefficient_weight: float = 1.0
     divergence_weight: float = 0.0
     label_weight: float = 0.0
+    coefficient_scaling: str = "none"
+    coefficient_loss: str = "squared"
 
     def __post_init__(self) -> None:
+        if self.coefficient_scaling not in COEFFICIENT_SCALINGS:
+            raise MethodError(f"coefficient_scaling must be one of {', '.join(COEFFICIENT_SCALINGS)}, "
+                              f"got {self.coefficient_scaling!r}")
+        if self.coefficient_loss not in COEFFICIENT_LOSSES:
+            raise MethodError(f"coefficient_loss must be one of {', '.join(COEFFICIENT_LOSSES)}, "
+                              f"got {self.coefficient_loss!r}")
         if not self.temperature > 0:
             raise MethodError(f"temperature must be positive, got {self.temperature}")
         if not 0.0 <= self.alpha <= 1.0:
@@ -88,7 +106,8 @@ class LossSettings:
     def for_method(self, method: str) -> dict[str, float]:
         """The settings that matter to ``method`` (for manifests and reports)."""
         keep = {"kd": ("temperature", "alpha"), "hint": ("label_weight",),
-                "bregman": ("coefficient_weight", "divergence_weight", "label_weight"), "labels": ()}[method]
+                "bregman": ("coefficient_weight", "divergence_weight", "label_weight", "coefficient_scaling",
+                            "coefficient_loss"), "labels": ()}[method]
         return {k: v for k, v in asdict(self).items() if k in keep}
 
 
@@ -187,13 +206,15 @@ def make_batch_loss(
     has_labels: bool,
     transfer: Any = None,
     outputs_to_logits: Callable[[Tensor], Tensor] | None = None,
+    coefficient_weights: Tensor | None = None,
 ) -> tuple[BatchLoss, tuple[str, ...]]:
     """The batch loss of ``method`` and the names of the tensors it reads, in order.
 
     Tensor names: ``"x"`` (inputs), ``"y"`` (labels), ``"teacher_logits"`` (N, C),
     ``"preactivations"`` (N, d), ``"coefficients"`` (N, k). The model handed to the loss is a
     :class:`DistilledModel`. ``outputs_to_logits`` maps the deployed model's outputs to logits
-    for the label term (identity for teachers that output logits).
+    for the label term (identity for teachers that output logits). ``coefficient_weights`` (k,)
+    weigh the directions of bregman's coefficient loss (``coefficient_scaling="whiten"``).
     """
     check_method(method)
     to_logits = outputs_to_logits or (lambda out: out)
@@ -243,11 +264,16 @@ def make_batch_loss(
         raise MethodError("every term of the bregman loss has weight 0: give coefficient_weight, "
                           "divergence_weight or (with labels) label_weight a positive value")
     names = ("x", "coefficients") + (("preactivations",) if use_divergence else ()) + (("y",) if use_labels else ())
+    plain_coefficients = coefficient_weights is None and settings.coefficient_loss == "squared"
 
     def bregman_batch(model: nn.Module, batch: Sequence[Tensor]):
         tensors = dict(zip(names, batch))
         c_hat = model.student(tensors["x"])
-        coef = coefficient_loss(c_hat, tensors["coefficients"])
+        if plain_coefficients:
+            coef = coefficient_loss(c_hat, tensors["coefficients"])
+        else:
+            coef = weighted_coefficient_loss(c_hat, tensors["coefficients"], coefficient_weights,
+                                             robust=settings.coefficient_loss == "huber")
         if not (use_divergence or use_labels):  # the loss is the coefficient term alone
             return (coef if settings.coefficient_weight == 1 else settings.coefficient_weight * coef), {}
         metrics = {"coefficient_loss": coef.detach()}

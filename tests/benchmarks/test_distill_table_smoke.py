@@ -1,5 +1,5 @@
 """Smoke test of benchmarks/distill_table.py: a tiny run on two worker processes writes the
-table, the per-cell choices, the bregman ceilings and the verdict (no accuracy is asserted
+table, the per-cell choices, the bregman ceilings, auto's row and the verdict (no accuracy is asserted
 beyond "better than chance": the harness, not the quality, is under test here)."""
 from __future__ import annotations
 
@@ -12,21 +12,28 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def test_two_workers_write_table_ceilings_and_verdict(tmp_path: Path) -> None:
-    cmd = [sys.executable, "-m", "benchmarks.distill_table", "--no-tune", "--fractions", "0.1", "--seeds", "2",
-           "--methods", "kd", "bregman@penultimate k=16", "--jobs", "2", "--out-dir", str(tmp_path)]
+    cmd = [sys.executable, "-m", "benchmarks.distill_table", "--tasks", "digits", "--no-tune", "--fractions", "0.1",
+           "--seeds", "2", "--methods", "kd", "bregman k=16", "auto", "--jobs", "2", "--out-dir", str(tmp_path)]
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "| method | student params |" in proc.stdout and "headroom" in proc.stdout
+    assert "verdict digits:" in proc.stdout and "auto vs best single method" in proc.stdout
     payload = json.loads((tmp_path / "distill_table.json").read_text())
     chosen = payload["chosen"]
-    assert set(chosen) == {"kd|0.1", "bregman@penultimate k=16|0.1"}
-    breg = chosen["bregman@penultimate k=16|0.1"]
+    assert set(chosen) == {"digits|kd|0.1", "digits|bregman k=16|0.1", "digits|auto|0.1"}
+    breg = chosen["digits|bregman k=16|0.1"]
     assert breg["k"] == [16, 16] and 0.3 < breg["mean"] <= 1.0
-    assert 0.5 < breg["ceiling"] <= 1.0 and "ceiling" not in chosen["kd|0.1"]
-    assert len(payload["runs"]) == 4 and {r["seed"] for r in payload["runs"]} == {0, 1}
-    (verdict,) = payload["verdict"]
-    assert verdict["best_baseline"] == "kd"
-    assert abs(verdict["headroom_points"] - 100 * (payload["teacher_test_accuracy"] - verdict["baseline_acc"])) < 1e-9
+    assert 0.5 < breg["ceiling"] <= 1.0 and "ceiling" not in chosen["digits|kd|0.1"]
+    assert set(chosen["digits|auto|0.1"]["chosen_methods"]) <= {"bregman", "kd", "hint", "labels"}
+    assert len(payload["runs"]) == 6 and {r["seed"] for r in payload["runs"]} == {0, 1}
+    (verdict,) = payload["verdicts"]
+    (row,) = verdict["per_fraction"]
+    assert row["best_baseline"] == "kd" and row["best_bregman"] == "bregman k=16"
+    teacher = payload["teacher_test_accuracy"]["digits"]
+    assert abs(row["headroom_points"] - 100 * (teacher - row["baseline_acc"])) < 1e-9
+    best_single = max(chosen["digits|kd|0.1"]["mean"], breg["mean"])
+    assert abs(row["auto_gap_points"] - 100 * (chosen["digits|auto|0.1"]["mean"] - best_single)) < 1e-9
+    assert verdict["small_fraction_gap_points"] == row["gap_points"]
 
 
 def test_augmented_copies_are_shifted_noisy_images_with_their_labels() -> None:

@@ -32,7 +32,7 @@ def digits():
 
 @functools.lru_cache(maxsize=1)
 def digits_teacher() -> torch.nn.Module:
-    """MLP 64 → 64 → 32 → 10 (ReLU) trained on the digits training split (~97 % test accuracy)."""
+    """MLP 64 → 64 → 32 → 10 (ReLU) trained on the digits training split (94.4 % test accuracy)."""
     ds = digits()
     with seeded(0):
         teacher = build_model("mlp", in_features=64, hidden=[64, 32], num_classes=10)

@@ -38,8 +38,12 @@ def test_bregman_end_to_end_on_digits_beats_chance_by_far():
     # default k at the softmax logits (d = 10 classes, one gauge direction): every direction
     assert result.k == 9 and result.metrics["explained_divergence"] >= 0.999
     assert result.transfer["name"] == "softmax"  # the output layer under transfer="auto"
-    assert result.metrics["test_accuracy"] > 0.7  # chance is 0.1
-    assert result.metrics["test_agreement"] > 0.7
+    # against a labels-only student of the same size, trained in this test on the same rows and
+    # budget (0.900 here; bregman 0.914), and against the teacher (agreement 0.953)
+    labels = distill(teacher, (x, y), method="labels", student={"arch": "mlp", "hidden": [16]},
+                     test=(ds.x_test, ds.y_test), seed=0, **FAST)
+    assert result.metrics["test_accuracy"] >= labels.metrics["test_accuracy"] - 0.02
+    assert result.metrics["test_agreement"] >= 0.92
     assert result.metrics["student_parameters"] < 0.25 * result.metrics["teacher_parameters"]
     assert len(result.history["loss"]) == FAST["epochs"]
     assert result.history["loss"][-1] < result.history["loss"][0]
@@ -71,7 +75,10 @@ def test_every_method_learns(method, layer):
     x, y = transfer_subset(300)
     result = distill(digits_teacher_wrapped(), (x, y), layer=layer, method=method, n_components=8,
                      test=(ds.x_test, ds.y_test), **FAST)
-    assert result.metrics["test_accuracy"] > 0.6, result.metrics
+    # held against the teacher (0.944 on test): measured 0.84 (hint, 40 epochs) to 0.925 (labels)
+    teacher_acc = result.metrics["test_teacher_accuracy"]
+    assert result.metrics["test_accuracy"] >= teacher_acc - 0.12, result.metrics
+    assert result.metrics["test_agreement"] >= 0.85, result.metrics
     width = {"kd": 10, "labels": 10, "hint": 32, "bregman": 8}[method]
     assert result.student(x[:3]).shape == (3, width)
     assert result.model(x[:3]).shape == (3, 10)
@@ -83,7 +90,7 @@ def test_methods_without_labels_and_the_labels_method_refusing():
     for method in ("kd", "hint", "bregman"):
         result = distill(digits_teacher_wrapped(), (x, None), method=method, n_components=4,
                          **{**FAST, "epochs": 80, "batch_size": 16})
-        assert result.metrics["transfer_agreement"] > 0.5
+        assert result.metrics["transfer_agreement"] >= 0.8  # measured 0.87 (bregman, k=4) to 0.97 (kd)
         assert "transfer_accuracy" not in result.metrics
     with pytest.raises(ValueError, match="needs them"):
         distill(digits_teacher_wrapped(), (x, None), method="labels", **FAST)
@@ -201,6 +208,8 @@ def test_bad_input_gets_clear_errors():
     with pytest.raises(ValueError, match="num_classes"):
         distill(teacher, (x, y), method="kd", student={"arch": "mlp", "hidden": [8], "num_classes": 3})
     assert set(METHODS) == {"bregman", "kd", "hint", "labels"}
+    with pytest.raises(ValueError, match="unknown training setting"):
+        distill(teacher, (x, y), method="kd", learning_rate=0.1)
 
 
 def test_defaults_tap_the_penultimate_layer_and_use_the_share_rule_there():

@@ -113,11 +113,52 @@ def test_distillation_through_the_representation(client, teacher, representation
         pred = program.module()(ds.x_test).argmax(1)
     accuracy = float((pred == ds.y_test).float().mean())
     assert accuracy == pytest.approx(reported, abs=1.5 / len(ds.y_test))
-    assert accuracy > 0.5
     report = client.get(f"/v1/jobs/{job['id']}/artifacts/report.json").json()
     assert set(report["accuracy"]) >= {"student", "teacher", "labels"}
+    # held against the teacher (0.881 here; the student 0.833, labels alone on all 1437 rows 0.925:
+    # with every row, k = 6 loses to labels, as the quality benchmark says): a broken method lands
+    # far below both bounds
+    assert accuracy >= report["accuracy"]["teacher"] - 0.08, report["accuracy"]
+    assert job["metrics"]["test_agreement"] >= 0.8, job["metrics"]
     manifest = json.loads(client.get(f"/v1/jobs/{job['id']}/artifacts/student.json").content)
     assert manifest["method"] == "bregman" and manifest["k"] == 6
+
+
+def test_auto_distillation_job_reports_its_choice(client, teacher):
+    """``methods: ["auto"]`` on the real stack: each candidate shows in the progress, the table in
+    the final metrics and the report, and the returned student is the winner's."""
+    spec = {"kind": "distillation", "teacher_id": teacher["id"], "dataset": "digits", "layer": "0",
+            "student": {"arch": "mlp", "hidden": [16]}, "methods": ["auto"],
+            "budget": {"epochs": 40, "max_train_rows": 200, "time_limit_s": 900}, "onnx": False,
+            "options": {"lr": 0.01}}
+    r = client.post("/v1/jobs", json=spec, headers={"Idempotency-Key": "flow-auto-1"})
+    assert r.status_code == 201, r.text
+    phases = []
+    with client.stream("GET", f"/v1/jobs/{r.json()['id']}/events", timeout=300) as stream:
+        for line in stream.iter_lines():
+            if line.startswith("data: "):
+                phase = (json.loads(line[6:]).get("progress") or {}).get("phase")
+                if phase and phase not in phases:
+                    phases.append(phase)
+    job = client.get(f"/v1/jobs/{r.json()['id']}").json()
+    assert job["state"] == "succeeded", job
+    table = job["metrics"]["selection"]
+    names = [row["candidate"] for row in table]
+    assert {"hint", "kd", "labels"} <= set(names) and any(n.startswith("bregman k=") for n in names), names
+    (winner,) = [row for row in table if row["chosen"]]
+    assert winner["validation_score"] == max(row["validation_score"] for row in table)
+    assert job["metrics"]["method"] == winner["method"] == job["metrics"]["selected_method"]
+    assert all(isinstance(row["test_accuracy"], float) for row in table)
+    # the progress names the candidates as they train ("auto:<candidate>:<phase>")
+    shown = {p.split(":")[1] for p in phases if p.startswith("auto:") and p.count(":") == 2}
+    assert shown & (set(names) | {"bregman k=default"}), phases
+    report = client.get(f"/v1/jobs/{job['id']}/artifacts/report.json").json()
+    assert report["selection"] == table and report["methods"] == ["auto"]
+    manifest = json.loads(client.get(f"/v1/jobs/{job['id']}/artifacts/student.json").content)
+    assert manifest["method"] == winner["method"]
+    # the winner retrained on all 200 rows is no worse than the labels candidate on test
+    labels_row = next(row for row in table if row["method"] == "labels")
+    assert job["metrics"]["test_accuracy"] >= labels_row["test_accuracy"] - 0.03, table
 
 
 def test_job_listing_filters_and_pages(client, representation_job):

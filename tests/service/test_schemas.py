@@ -14,7 +14,7 @@ def test_kind_selects_the_spec():
     rep = spec_adapter.validate_python({"kind": "representation", "teacher_id": "t", "dataset": "digits", "layer": "0"})
     assert isinstance(rep, RepresentationSpec) and rep.transfer == "auto" and rep.budget.time_limit_s == 600
     dis = spec_adapter.validate_python({"kind": "distillation", "teacher_id": "t", "dataset": "digits", "layer": "0"})
-    assert isinstance(dis, DistillationSpec) and dis.methods == ["bregman"]
+    assert isinstance(dis, DistillationSpec) and dis.methods == ["auto"]
 
 
 @pytest.mark.parametrize("spec, field", [

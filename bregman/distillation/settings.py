@@ -1,0 +1,118 @@
+"""The training settings of a distillation, in one place.
+
+:class:`TrainSettings` holds the optimizer, the budget, the loss weights of every method and the
+transfer-set augmentation. ``bregman.distill(..., lr=..., epochs=...)`` builds one from its
+keywords; a distillation job builds one from its spec's ``options`` and ``budget``
+(:meth:`TrainSettings.from_options`), so the library and the service fill the same defaults.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields, replace
+from typing import Any, Mapping
+
+from bregman.distillation.methods import LossSettings
+
+#: default number of optimizer steps the epoch count aims at (see :func:`default_budget`)
+DEFAULT_TARGET_STEPS = 1500
+AUGMENTS = ("noise", "mixup")
+
+
+def default_budget(n: int, batch_size: int | None = None, epochs: int | None = None) -> tuple[int, int]:
+    """Default batch size and epochs for a transfer set of ``n`` examples.
+
+    batch size: ``min(64, max(16, n // 4))`` (small sets get several steps per epoch);
+    epochs: enough for about 1500 optimizer steps, clamped to [10, 300].
+    """
+    if batch_size is None:
+        batch_size = int(min(64, max(16, n // 4)))
+    if epochs is None:
+        steps_per_epoch = math.ceil(n / batch_size)
+        epochs = int(min(300, max(10, math.ceil(DEFAULT_TARGET_STEPS / steps_per_epoch))))
+    return int(batch_size), int(epochs)
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """How a student is trained (every method reads the fields it uses).
+
+    Parameters
+    ----------
+    epochs, batch_size : int, optional
+        Default from :func:`default_budget` on the rows trained on (copies included).
+    lr : float, default 3e-3
+        Peak learning rate, cosine-decayed to 0 (``schedule="cosine"``).
+    weight_decay : float, default 1e-4
+    optimizer : {"adamw", "sgd"}, default "adamw"
+    schedule : {"cosine", "constant"}, default "cosine"
+    temperature, alpha : kd's temperature (4.0) and soft-label weight (0.9).
+    coefficient_weight, divergence_weight, label_weight : bregman's (and hint's label) loss weights.
+    coefficient_scaling, coefficient_loss : bregman's per-direction weights and robust loss
+        (see :class:`bregman.distillation.methods.LossSettings`).
+    augment_copies : int, default 0
+        Teacher-labelled copies of every transfer row (see :mod:`bregman.distillation.augment`).
+    augment_noise : float, default 0.3
+        The noisy copies' noise, in units of the inputs' standard deviation.
+    augment : {"noise", "mixup"}, default "noise"
+        What a copy is: the row plus Gaussian noise, or a mix of the row with another one.
+    """
+
+    epochs: int | None = None
+    batch_size: int | None = None
+    lr: float = 3e-3
+    weight_decay: float = 1e-4
+    optimizer: str = "adamw"
+    schedule: str = "cosine"
+    temperature: float = 4.0
+    alpha: float = 0.9
+    coefficient_weight: float = 1.0
+    divergence_weight: float = 0.0
+    label_weight: float = 0.0
+    coefficient_scaling: str = "none"
+    coefficient_loss: str = "squared"
+    augment_copies: int = 0
+    augment_noise: float = 0.3
+    augment: str = "noise"
+
+    def __post_init__(self) -> None:
+        self.loss_settings()  # validates the loss weights
+        if self.augment not in AUGMENTS:
+            raise ValueError(f"augment must be one of {', '.join(AUGMENTS)}, got {self.augment!r}")
+
+    @classmethod
+    def names(cls) -> tuple[str, ...]:
+        return tuple(f.name for f in fields(cls))
+
+    @classmethod
+    def from_options(cls, options: Mapping[str, Any] | None = None, base: "TrainSettings | None" = None,
+                     **more: Any) -> "TrainSettings":
+        """Settings from a mapping (a job's ``options``); ``None`` values keep the defaults.
+
+        An unknown name is a ``ValueError`` that lists the known ones.
+        """
+        given = {k: v for k, v in {**dict(options or {}), **more}.items() if v is not None}
+        unknown = sorted(set(given) - set(cls.names()))
+        if unknown:
+            raise ValueError(f"unknown training setting(s) {unknown}; known: {', '.join(cls.names())}")
+        return replace(base or cls(), **given)
+
+    def loss_settings(self) -> LossSettings:
+        return LossSettings(temperature=self.temperature, alpha=self.alpha,
+                            coefficient_weight=self.coefficient_weight,
+                            divergence_weight=self.divergence_weight, label_weight=self.label_weight,
+                            coefficient_scaling=self.coefficient_scaling, coefficient_loss=self.coefficient_loss)
+
+    def with_budget(self, n: int) -> "TrainSettings":
+        """These settings with the batch size and epochs filled in for ``n`` training rows."""
+        batch_size, epochs = default_budget(n, self.batch_size, self.epochs)
+        return replace(self, batch_size=batch_size, epochs=epochs)
+
+    def record(self, method: str) -> dict[str, Any]:
+        """What the manifest and the report keep: the common settings and ``method``'s loss terms."""
+        common = {k: v for k, v in asdict(self).items()
+                  if k in ("epochs", "batch_size", "lr", "weight_decay", "optimizer", "schedule", "augment_copies")}
+        if self.augment_copies:
+            common.update(augment=self.augment, augment_noise=self.augment_noise)
+        else:
+            common["augment_noise"] = None
+        return {**common, **self.loss_settings().for_method(method)}

@@ -1,0 +1,120 @@
+"""``distill(method="auto")``: the split, the table, equal budgets, and a test split it never reads."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from bregman.distillation import distill
+from bregman.distillation.select import default_candidates, stratified_split
+from tests.bregman._distill_fixtures import digits, digits_teacher_wrapped, one_thread, transfer_subset
+
+
+@pytest.fixture(autouse=True)
+def _single_thread():
+    with one_thread():
+        yield
+
+
+FAST = {"epochs": 40, "batch_size": 16, "measure_latency": False, "lr": 1e-2}
+#: a short list (one bregman k, hint, kd, labels) keeps these tests to seconds
+CANDIDATES = [{"method": "bregman", "n_components": 8}, {"method": "hint"}, {"method": "kd"}, {"method": "labels"}]
+
+
+def test_stratified_split_holds_out_each_class_in_proportion_and_is_seeded():
+    y = torch.tensor([0] * 40 + [1] * 20 + [2] * 8 + [3] * 1)
+    train, val = stratified_split(y, 0.25, seed=3)
+    assert sorted(torch.cat([train, val]).tolist()) == list(range(len(y)))  # a partition
+    assert len(val) == round(0.25 * len(y))
+    counts = torch.bincount(y[val], minlength=4).tolist()
+    assert counts[:3] == [10, 5, 2] and counts[3] == 0  # a class of one row stays in training
+    assert set(y[train].tolist()) == {0, 1, 2, 3}
+    again_train, again_val = stratified_split(y, 0.25, seed=3)
+    assert torch.equal(val, again_val) and torch.equal(train, again_train)
+    assert not torch.equal(stratified_split(y, 0.25, seed=4)[1], val)
+    with pytest.raises(ValueError, match="validation_fraction"):
+        stratified_split(y, 1.0, seed=0)
+
+
+def test_default_candidates_are_bregman_at_several_k_hint_kd_and_labels():
+    names = [(c["method"], c.get("n_components")) for c in default_candidates(has_labels=True)]
+    assert names == [("bregman", None), ("bregman", 16), ("hint", None), ("kd", None),
+                     ("labels", None)]
+    assert [c["method"] for c in default_candidates(has_labels=False, softmax_layer=True)] == ["bregman", "hint", "kd"]
+    assert default_candidates(has_labels=True, n_components=5)[0] == {"method": "bregman", "n_components": 5}
+
+
+def _auto(x, y, test, progress=None, **kw):
+    return distill(digits_teacher_wrapped(), (x, y), method="auto", test=test, candidates=CANDIDATES, seed=0,
+                   progress=progress, **{**FAST, **kw})
+
+
+def test_the_table_equal_budgets_and_the_winner_retrained_on_every_row():
+    ds = digits()
+    x, y = transfer_subset(80)
+    steps: dict[str, int] = {}
+
+    def progress(phase, fraction, metrics):
+        if phase.endswith(":train") and "step" in metrics:
+            steps[phase] = max(steps.get(phase, 0), int(metrics["step"]))
+
+    result = _auto(x, y, (ds.x_test, ds.y_test), progress=progress)
+    table = result.metrics["selection"]
+    assert [row["candidate"] for row in table] == ["bregman k=8", "hint", "kd", "labels"]
+    chosen = [row for row in table if row["chosen"]]
+    assert len(chosen) == 1 and chosen[0]["method"] == result.method
+    best = max(row["validation_score"] for row in table)
+    assert chosen[0]["validation_score"] == best
+    assert all(row["validation_score"] == row["validation_accuracy"] for row in table)  # labels: accuracy
+    assert result.metrics["selection_metric"] == "accuracy"
+    assert result.metrics["selection_validation_rows"] == 20 and result.metrics["selection_training_rows"] == 60
+    assert all(0.0 <= row["test_accuracy"] <= 1.0 for row in table)
+    # equal budgets: every candidate ran the same number of optimizer steps on the 60 training rows
+    candidate_steps = {p: s for p, s in steps.items() if not p.startswith("final ")}
+    assert len(candidate_steps) == 4 and len(set(candidate_steps.values())) == 1
+    assert set(candidate_steps.values()) == {int(result.metrics["selection_steps"])} == {40 * 4}
+    # the returned student is distill(method=<winner>) on every row, nothing else
+    again = distill(digits_teacher_wrapped(), (x, y), method=result.method, n_components=chosen[0]["n_components"],
+                    test=(ds.x_test, ds.y_test), seed=0, **FAST)
+    assert torch.equal(result.model(ds.x_test), again.model(ds.x_test))
+    assert result.metrics["test_accuracy"] == again.metrics["test_accuracy"]
+    # the table's validation score is what that candidate scores when trained alone on the split
+    train_idx, val_idx = stratified_split(y, 0.25, seed=0)
+    row = table[2]  # kd
+    alone = distill(digits_teacher_wrapped(), (x[train_idx], y[train_idx]), method="kd",
+                    test=(x[val_idx], y[val_idx]), seed=0, **FAST)
+    assert alone.metrics["test_accuracy"] == pytest.approx(row["validation_accuracy"])
+
+
+def test_auto_never_reads_the_test_split():
+    """Poisoned test labels change the test column and nothing auto selects or trains."""
+    ds = digits()
+    x, y = transfer_subset(60, seed=1)
+    clean = _auto(x, y, (ds.x_test, ds.y_test))
+    poisoned = _auto(x, y, (ds.x_test, (ds.y_test + 1 + torch.arange(len(ds.y_test)) % 9) % 10))
+    for a, b in zip(clean.metrics["selection"], poisoned.metrics["selection"]):
+        assert {k: v for k, v in a.items() if not k.startswith("test_")} == \
+               {k: v for k, v in b.items() if not k.startswith("test_")}
+    assert torch.equal(clean.model(ds.x_test), poisoned.model(ds.x_test))
+    # the poison is real: every label is wrong, so the test accuracies collapse
+    assert poisoned.metrics["test_accuracy"] < 0.2 < clean.metrics["test_accuracy"]
+    assert all(p["test_accuracy"] < c["test_accuracy"]
+               for c, p in zip(clean.metrics["selection"], poisoned.metrics["selection"]))
+
+
+def test_without_labels_auto_scores_agreement_and_drops_the_labels_candidate():
+    x, _ = transfer_subset(60, seed=2)
+    result = _auto(x, None, None)
+    table = result.metrics["selection"]
+    assert [row["method"] for row in table] == ["bregman", "hint", "kd"]
+    assert result.metrics["selection_metric"] == "agreement"
+    assert all(row["validation_accuracy"] is None and row["test_accuracy"] is None for row in table)
+    assert all(row["validation_score"] == row["validation_agreement"] for row in table)
+    assert result.metrics["transfer_agreement"] >= max(row["validation_agreement"] for row in table) - 0.2
+
+
+def test_auto_rejects_what_it_cannot_split():
+    x, y = transfer_subset(60)
+    with pytest.raises(ValueError, match="validation_fraction"):
+        distill(digits_teacher_wrapped(), (x, y), method="auto", validation_fraction=0.0, **FAST)
+    with pytest.raises(ValueError, match="candidates"):
+        distill(digits_teacher_wrapped(), (x, y), method="kd", candidates=CANDIDATES, **FAST)

@@ -1,0 +1,71 @@
+"""The training settings' one home, the mixed copies and the recipe variants of the coefficient loss."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from bregman.distillation import TrainSettings, default_budget
+from bregman.distillation.api import _coefficient_weights
+from bregman.distillation.augment import augmented_copies, mixed_copies, noisy_copies
+from bregman.distillation.losses import coefficient_loss, weighted_coefficient_loss
+from bregman.distillation.methods import MethodError
+
+
+def test_settings_from_a_jobs_options_keep_defaults_for_none_and_refuse_unknown_names():
+    s = TrainSettings.from_options({"lr": 0.01, "temperature": None, "label_weight": 0.5}, epochs=7)
+    assert (s.lr, s.temperature, s.label_weight, s.epochs, s.batch_size) == (0.01, 4.0, 0.5, 7, None)
+    assert TrainSettings.from_options(None) == TrainSettings()
+    with pytest.raises(ValueError, match="unknown training setting.*learning_rate"):
+        TrainSettings.from_options({"learning_rate": 0.1})
+    with pytest.raises(MethodError, match="alpha"):
+        TrainSettings(alpha=2.0)
+    with pytest.raises(ValueError, match="augment must be"):
+        TrainSettings(augment="rotate")
+    filled = s.with_budget(100)
+    assert (filled.batch_size, filled.epochs) == (default_budget(100, None, 7)) == (25, 7)
+    assert TrainSettings().with_budget(100).epochs == default_budget(100)[1]
+    record = s.record("kd")
+    assert record["temperature"] == 4.0 and "label_weight" not in record and record["augment_noise"] is None
+    assert "coefficient_loss" in s.record("bregman") and "temperature" not in s.record("bregman")
+
+
+def test_mixed_copies_lie_nearer_their_own_row_and_keep_its_label():
+    x = torch.randn(9, 5)
+    y = torch.arange(9)
+    xa, ya = mixed_copies(x, y, 3, seed=1)
+    assert xa.shape == (36, 5) and torch.equal(xa[:9], x) and torch.equal(ya, y.repeat(4))
+    for copy in xa[9:].reshape(3, 9, 5):
+        for i in range(9):
+            # (1 − λ) x_i + λ x_j for some other row j and λ in [0, 1/2]: on a segment from x_i
+            found = []
+            for j in range(9):
+                if j == i:
+                    continue
+                step = x[j] - x[i]
+                lam = float((copy[i] - x[i]) @ step / (step @ step))
+                if torch.allclose(x[i] + lam * step, copy[i], atol=1e-5):
+                    found.append(lam)
+            assert found and all(-1e-6 <= lam <= 0.5 + 1e-6 for lam in found), (i, found)
+        assert not torch.allclose(copy, x)
+    assert torch.equal(mixed_copies(x, y, 3, seed=1)[0], xa)
+    assert torch.equal(augmented_copies(x, y, "mixup", 3, 0.3, 1)[0], xa)
+    assert torch.equal(augmented_copies(x, y, "noise", 2, 0.3, 1)[0], noisy_copies(x, y, 2, 0.3, 1)[0])
+    with pytest.raises(ValueError, match="augment_copies"):
+        mixed_copies(x, y, -1, seed=0)
+
+
+def test_weighted_and_robust_coefficient_losses():
+    c = torch.randn(6, 4)
+    c_hat = c + torch.tensor([0.1, -0.2, 3.0, 0.5])
+    assert torch.allclose(weighted_coefficient_loss(c_hat, c), coefficient_loss(c_hat, c))
+    w = torch.tensor([1.0, 2.0, 0.0, 1.0])
+    expected = (0.5 * (c_hat - c) ** 2 * w).sum() / 6
+    assert torch.allclose(weighted_coefficient_loss(c_hat, c, w), expected)
+    # Huber: ½e² up to |e| = 1, |e| − ½ beyond (3.0 → 2.5 instead of 4.5)
+    per_row = 0.5 * (0.1**2 + 0.2**2 + 0.5**2) + 2.5
+    assert weighted_coefficient_loss(c_hat, c, robust=True).item() == pytest.approx(per_row, rel=1e-5)
+    coef = torch.tensor([[3.0, 1.0, 0.1], [-3.0, -1.0, 0.1]])
+    weights = _coefficient_weights(coef, "whiten")
+    second = torch.tensor([9.0, 1.0, 0.01])
+    assert torch.allclose(weights, second.mean() / second)
+    assert _coefficient_weights(coef, "none") is None
