@@ -39,7 +39,6 @@ from __future__ import annotations
 import io
 import json
 import math
-import operator
 import os
 import re
 import zipfile

@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import importlib
 import multiprocessing as mp
+import queue as queue_module
 import resource
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -52,8 +54,16 @@ def run_many_in_child(calls: list[Call], timeout: float = 300) -> list[ChildResu
     queue = ctx.Queue()
     proc = ctx.Process(target=_target, args=(calls, queue))
     proc.start()
+    deadline = time.monotonic() + timeout
     try:
-        return queue.get(timeout=timeout)  # raises queue.Empty if the child died or hung
+        while True:
+            try:
+                return queue.get(timeout=1)
+            except queue_module.Empty:
+                if not proc.is_alive() and queue.empty():
+                    raise RuntimeError(f"the child died with exit code {proc.exitcode} (killed for memory?)") from None
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"the child ran past {timeout} s") from None
     finally:
         proc.join(timeout=30)
         if proc.is_alive():
