@@ -2,11 +2,13 @@
 
 ``run_in_child("bregman.teachers:load_teacher", path)`` imports the function in a new interpreter
 (spawn: nothing inherited from the test process, so the peak is the loader's own), calls it and
-returns a :class:`ChildResult`: ``resource.getrusage(RUSAGE_SELF).ru_maxrss`` in bytes, the
-exception's type and text (None when it returned) and a short repr of the return value.
+returns a :class:`ChildResult`: the child's own peak resident memory in bytes (``VmHWM`` of
+its address space: ``ru_maxrss`` would not do, Linux carries it across ``execve`` from the
+forking test process, so every child of a 1 GB test runner would read 1 GB), the exception's
+type and text (None when it returned) and a short repr of the return value.
 
 :func:`run_many_in_child` makes several calls in one child (one interpreter start instead of
-many): ``ru_maxrss`` is a high-water mark, so the peak read after each call bounds that call and
+many): the peak is a high-water mark, so the peak read after each call bounds that call and
 all before it. Put a clean load first and compare the later peaks with its peak.
 """
 from __future__ import annotations
@@ -14,7 +16,6 @@ from __future__ import annotations
 import importlib
 import multiprocessing as mp
 import queue as queue_module
-import resource
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -30,6 +31,14 @@ class ChildResult:
     value: str | None
 
 
+def vm_hwm() -> int:
+    """This process's peak resident memory since its exec, from /proc/self/status (KiB there)."""
+    for line in open("/proc/self/status").read().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmHWM in /proc/self/status")
+
+
 def _target(calls: list[Call], queue: Any) -> None:
     import torch
 
@@ -43,7 +52,7 @@ def _target(calls: list[Call], queue: Any) -> None:
             value = repr(fn(*args, **kwargs))[:200]
         except BaseException as exc:  # report every outcome, MemoryError included
             error_type, error = type(exc).__name__, str(exc)
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
+        peak = vm_hwm()
         results.append(ChildResult(peak, error_type, error, value))
     queue.put(results)
 
