@@ -18,6 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from bregman.distillation.augment import noisy_copies
+from bregman.distillation.image_augment import image_views
 from bregman.distillation.cut import Cut, resolve_cut
 from bregman.distillation.evaluate import cost_metrics, parameter_count, quality_metrics
 from bregman.distillation.methods import (
@@ -286,6 +287,11 @@ def distill(
     label_weight: float = 0.0,
     augment_copies: int = 0,
     augment_noise: float = 0.3,
+    augment_views: int = 0,
+    augment_padding: int = 4,
+    augment_flip: bool = True,
+    layout: str | None = "auto",
+    fit_rows: int | None = None,
     transfer: str | None = "auto",
     representation: Any = None,
     pca_options: dict[str, Any] | None = None,
@@ -354,6 +360,20 @@ def distill(
     augment_noise : float, default 0.3
         Standard deviation of the copies' Gaussian noise, in units of the inputs' standard
         deviation.
+    augment_views : int, default 0
+        Image inputs (N, C, H, W): add this many augmented views of every transfer image
+        (random crop after zero padding by ``augment_padding`` pixels, horizontal flip when
+        ``augment_flip``), labelled by the teacher once with the rest
+        (:mod:`bregman.distillation.image_augment`).
+    layout : {"auto", "flat", "channels"}, default "auto"
+        How a conv map is represented (:mod:`bregman.layouts`): ``"channels"`` fits one row per
+        position (d = C), exports a 1x1 convolution, and the student (a conv architecture with
+        a 1x1 head) predicts a k-channel coefficient map. ``"auto"``: channels for a conv map
+        with an element-wise transfer and a conv student, else flat.
+    fit_rows : int, optional
+        Channels layout: fit on at most this many (example, position) rows, a seeded random
+        choice (default :data:`bregman.layouts.DEFAULT_FIT_ROWS`); the coefficients are computed
+        at every position.
     transfer : {"auto", "listed", "softmax"}, default "auto"
         At the teacher's output layer, ``"auto"`` uses the softmax transfer (the paper's choice;
         the head becomes ``log``); elsewhere the layer's listed transfer.
@@ -404,6 +424,7 @@ def distill(
     n_components = _check_n_components(n_components)
     n_rows = int(x.shape[0])
     x, y = noisy_copies(x, y, augment_copies, augment_noise, seed)  # before the budget: it counts them
+    x, y = image_views(x, y, augment_views, augment_padding, augment_flip, seed)
     settings = LossSettings(temperature=temperature, alpha=alpha, coefficient_weight=coefficient_weight,
                             divergence_weight=divergence_weight, label_weight=label_weight)
     dev = torch.device(device) if device is not None else default_device(teacher_module)
@@ -413,7 +434,9 @@ def distill(
     # --- the teacher's targets, once ----------------------------------------------------------
     report("targets", 0.0, {})
     example = x[:2].to(default_device(teacher_module))
-    cut: Cut = resolve_cut(graph_source, layer, example, transfer)
+    if layout in (None, "auto") and (student or {}).get("arch", "mlp") == "mlp":
+        layout = "flat"  # an mlp student cannot predict a coefficient map
+    cut: Cut = resolve_cut(graph_source, layer, example, transfer, layout)
     cut.body.to(dev)
     cut.head.to(dev)
     if cache is not None:
@@ -440,20 +463,28 @@ def distill(
     if method == "bregman":
         report("representation", 0.0, {})
         exported, coef_source = _fit_or_check_representation(
-            representation, targets, cut, n_components, seed, pca_options, cache, x)
-        coef_targets = coefficients(targets, coef_source)
+            representation, targets, cut, n_components, seed, pca_options, cache, x, fit_rows)
+        coef_targets = coefficients(targets, coef_source, cut.map_shape)
         rep_metrics = _representation_metrics(coef_source, exported)
         report("representation", 1.0, dict(rep_metrics))
 
     # --- the student and its deployed pipeline ---------------------------------------------------
     k = int(exported.k) if exported is not None else None
     width = student_width(method, num_outputs=num_outputs, d=cut.d, k=k)
-    student_module, student_manifest = build_student(student, input_shape, width, seed=seed, device=dev)
+    map_head = None
+    if cut.map_shape is not None and method in LAYER_METHODS:  # the channels layout: a map student
+        # bregman predicts the k-channel coefficient map; hint the layer's map, flattened as the head reads it
+        map_head = {"channels": width, "size": list(cut.map_shape[1:]), "flatten": method == "hint"}
+    student_module, student_manifest = build_student(student, input_shape, width, seed=seed, device=dev,
+                                                     map_head=map_head)
+    head = frozen_copy(cut.head).to(dev)
     if method == "bregman":
         frozen_layer = frozen_copy(exported).float().to(dev)
-        model = DistilledModel(student_module, frozen_layer, frozen_copy(cut.head).to(dev))
+        if cut.map_shape is not None:  # the layer's (B, C, H, W) map, in the (B, C*H*W) order the head reads
+            head = nn.Sequential(nn.Flatten(), head)
+        model = DistilledModel(student_module, frozen_layer, head)
     elif method == "hint":
-        model = DistilledModel(student_module, TransferLayer(cut.transfer), frozen_copy(cut.head).to(dev))
+        model = DistilledModel(student_module, TransferLayer(cut.transfer), head)
     else:
         model = DistilledModel(student_module, output=nn.Softmax(dim=-1) if probabilities else None)
 
@@ -481,7 +512,7 @@ def distill(
         if method == "bregman":
             # The ceiling of any student of this representation: the teacher's own coefficients
             # of the test inputs through the imported layer and the head.
-            ideal = coefficients(test_targets, coef_source).to(dev)
+            ideal = coefficients(test_targets, coef_source, cut.map_shape).to(dev)
             with torch.no_grad():
                 ideal_out = to_logits(model.above_student(ideal))
             metrics.update(quality_metrics(ideal_out, test_y, to_logits(test_targets.outputs),
@@ -502,6 +533,7 @@ def distill(
                        "optimizer": optimizer, "schedule": schedule, "seed": seed,
                        "n_components": n_components, "augment_copies": augment_copies,
                        "augment_noise": augment_noise if augment_copies else None,
+                       "augment_views": augment_views, "layout": cut.layout,
                        **settings.for_method(method)}
     uses_layer = method in LAYER_METHODS
     return DistillResult(
@@ -531,10 +563,12 @@ def default_components(cut: Cut, n_rows: int) -> int | float:
 def _fit_or_check_representation(representation: Any, targets: TeacherTargets, cut: Cut,
                                   n_components: int | float | None, seed: int,
                                   pca_options: dict[str, Any] | None, cache: TargetCache | None,
-                                  x: Tensor) -> tuple[nn.Module, Any]:
+                                  x: Tensor, fit_rows: int | None = None) -> tuple[nn.Module, Any]:
     """The exported layer and the object whose projections are the targets."""
     if representation is not None:
         exported, source = _representation_parts(representation)
+        if cut.map_shape is not None and getattr(exported, "layout", "flat") != "channels":
+            exported = exported.with_layout("channels", cut.map_shape[1:])
         if int(exported.d) != cut.d:
             raise ValueError(f"the representation has d={exported.d} units but layer {cut.layer!r} has "
                              f"{cut.d}: it was fitted on another layer")
@@ -545,6 +579,11 @@ def _fit_or_check_representation(representation: Any, targets: TeacherTargets, c
     from bregman.pca import BregmanPCA
 
     a = targets.preactivations
+    if cut.map_shape is not None:  # the channels layout: one row per (example, position), maybe subsampled
+        from bregman.layouts import DEFAULT_FIT_ROWS, sample_rows
+
+        fit_rows = DEFAULT_FIT_ROWS if fit_rows is None else int(fit_rows)
+        a = sample_rows(a, cut.map_shape, fit_rows, seed)
     share_or_k = default_components(cut, int(a.shape[0])) if n_components is None else n_components
     options = dict(pca_options or {})
     # float64 where it is cheap: the fit's normalization and projections are then exact to round-off
@@ -553,9 +592,13 @@ def _fit_or_check_representation(representation: Any, targets: TeacherTargets, c
     def fit() -> Any:
         return BregmanPCA(cut.transfer, n_components=share_or_k, random_state=seed, **options).fit(a_fit)
 
-    key = ("bregman_pca", cut.layer, cut.transfer.name, share_or_k, seed, tuple(sorted(options.items())))
+    key = ("bregman_pca", cut.layer, cut.transfer.name, share_or_k, seed, tuple(sorted(options.items())),
+           cut.layout, fit_rows)
     estimator = cache.representation(x, key, fit) if cache is not None else fit()
-    return estimator.export_layer(layer=cut.layer), estimator
+    exported = estimator.export_layer(layer=cut.layer)
+    if cut.map_shape is not None:
+        exported = exported.with_layout("channels", cut.map_shape[1:])
+    return exported, estimator
 
 
 def _representation_metrics(source: Any, exported: nn.Module) -> dict[str, float]:
