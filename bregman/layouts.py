@@ -98,7 +98,10 @@ class ChannelRows:
         self.flat = flat
         self.map_shape = tuple(int(s) for s in map_shape)
         positions = self.map_shape[1] * self.map_shape[2]
-        self.n_rows = int(flat.shape[0]) * positions
+        n = getattr(flat, "n_rows", None) if not isinstance(flat, Tensor) else None
+        if n is None:  # a tensor, or a list of chunks
+            n = int(flat.shape[0]) if isinstance(flat, Tensor) else sum(int(c.shape[0]) for c in flat)
+        self.n_rows = int(n) * positions
         self.d = self.map_shape[0]
 
     @property

@@ -123,6 +123,7 @@ class DistillResult:
             "arch": self.student_manifest["arch"],
             "args": self.student_manifest["args"],
             "flatten_input": bool(self.student_manifest.get("flatten_input", False)),
+            **({"map_head": self.student_manifest["map_head"]} if self.student_manifest.get("map_head") else {}),
             "method": self.method,
             "k": self.k,
             "layer": self.layer,
