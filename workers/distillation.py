@@ -81,12 +81,14 @@ def run_distillation(run: JobRun, spec: dict[str, Any], teacher: Any, dataset: A
     layer = spec.get("layer")
     transfer = spec.get("transfer", "auto")
     n_components = spec.get("n_components")
+    layout = spec.get("layout", "auto")
     exported = None
     if representation is not None:
         exported = _load_representation(representation)
         layer = str(representation["spec"]["layer"])
         transfer = representation["spec"].get("transfer", "auto")
         n_components = None
+        layout = getattr(exported, "layout", "flat")  # the representation job's layout
     options = {k: v for k, v in (spec.get("options") or {}).items() if v is not None}
     student = {k: v for k, v in (spec.get("student") or {"arch": "mlp"}).items() if v is not None}
     methods: list[str] = list(spec.get("methods") or ["bregman"])
@@ -101,7 +103,7 @@ def run_distillation(run: JobRun, spec: dict[str, Any], teacher: Any, dataset: A
 
         results[method] = distill(
             teacher, (x, y), layer, method=method, student=student, n_components=n_components, seed=seed,
-            test=test, epochs=budget.get("epochs"), transfer=transfer,
+            test=test, epochs=budget.get("epochs"), transfer=transfer, layout=layout, fit_rows=spec.get("fit_rows"),
             representation=exported if method == "bregman" else None, cache=cache, device=device,
             progress=progress, measure_latency=False, **options,
         )
@@ -131,6 +133,7 @@ def run_distillation(run: JobRun, spec: dict[str, Any], teacher: Any, dataset: A
         "method": main_method,
         "methods": methods,
         "k": main.k,
+        "layout": main.settings.get("layout"),
         "representation_job_id": spec.get("representation_job_id"),
         "accuracy": accuracy,
         "metrics": {m: r.metrics for m, r in results.items()},
