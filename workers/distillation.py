@@ -99,7 +99,9 @@ def run_distillation(run: JobRun, spec: dict[str, Any], teacher: Any, dataset: A
         def progress(phase: str, fraction: float, metrics: dict[str, Any], _i: int = i, _m: str = method) -> None:
             start, width = _WITHIN.get(phase, (0.0, 1.0))
             within = start + width * max(0.0, min(1.0, float(fraction)))
-            run.progress(f"{_m}:{phase}", (_i + within) / len(methods), {f"{_m}_{k}": v for k, v in (metrics or {}).items()})
+            span = ((_i + start) / len(methods), (_i + start + width) / len(methods))
+            run.progress(f"{_m}:{phase}", (_i + within) / len(methods), {f"{_m}_{k}": v for k, v in (metrics or {}).items()},
+                         span=span)
 
         results[method] = distill(
             teacher, (x, y), layer, method=method, student=student, n_components=n_components, seed=seed,

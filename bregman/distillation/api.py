@@ -444,11 +444,12 @@ def distill(
         cache.bind(teacher_module)
     target_key = ("cut", cut.layer, cut.transfer.name, tuple(sorted(cut.transfer.params.items())))
 
-    def targets_of(inputs: Tensor) -> TeacherTargets:
-        compute = lambda: compute_targets(inputs, cut=cut, device=dev)  # noqa: E731
+    def targets_of(inputs: Tensor, reported: bool = False) -> TeacherTargets:
+        step = (lambda f: report("targets", f, {})) if reported else None  # the test set's pass is not a phase
+        compute = lambda: compute_targets(inputs, cut=cut, device=dev, progress=step)  # noqa: E731
         return cache.targets(inputs, target_key, compute) if cache is not None else compute()
 
-    targets = targets_of(x)
+    targets = targets_of(x, reported=True)
     probabilities = _probabilities(targets.outputs)
     to_logits = _to_logits_fn(probabilities)
     teacher_logits = to_logits(targets.outputs)
@@ -465,6 +466,7 @@ def distill(
         report("representation", 0.0, {})
         exported, coef_source = _fit_or_check_representation(
             representation, targets, cut, n_components, seed, pca_options, cache, x, fit_rows)
+        report("representation", 0.8, {})
         coef_targets = coefficients(targets, coef_source, cut.map_shape)
         rep_metrics = _representation_metrics(coef_source, exported)
         report("representation", 1.0, dict(rep_metrics))

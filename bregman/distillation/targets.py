@@ -76,7 +76,8 @@ def _representation_tensor(representation: Any, name: str) -> Tensor:
 
 @torch.no_grad()
 def compute_targets(x: Tensor, *, cut: Any = None, teacher: nn.Module | None = None, batch_size: int = 512,
-                    device: torch.device | str | None = None) -> TeacherTargets:
+                    device: torch.device | str | None = None,
+                    progress: Callable[[float], None] | None = None) -> TeacherTargets:
     """Run the teacher once over ``x``.
 
     With a ``cut`` (an object with ``body``, ``transfer``, ``head``): the pre-activations from
@@ -97,6 +98,8 @@ def compute_targets(x: Tensor, *, cut: Any = None, teacher: nn.Module | None = N
         else:
             out = teacher(xb)
         outputs.append(out.reshape(out.shape[0], -1).float().cpu())
+        if progress is not None:  # the teacher pass over a large transfer set takes minutes
+            progress(min(1.0, (start + batch_size) / int(x.shape[0])))
     if not outputs:
         raise ValueError("the transfer set is empty: pass at least one example")
     return TeacherTargets(outputs=torch.cat(outputs), preactivations=torch.cat(preacts) if preacts else None)
