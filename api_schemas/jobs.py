@@ -49,7 +49,7 @@ Layout = Literal["auto", "flat", "channels"]
 _LAYOUT_FIELD = dict(description="auto, flat or channels (conv maps): how the layer's map becomes rows.")
 _FIT_ROWS_FIELD = dict(ge=1, description=(
     "Channels layout: fit on at most this many (example, position) rows, a seeded random choice (default "
-    "262144); coefficients are computed at every position."))
+    "65536); coefficients are computed at every position."))
 
 
 class Budget(BaseModel):

@@ -42,6 +42,7 @@ from benchmarks._report import DEFAULT_OUT_DIR, report  # noqa: E402
 
 OUT = DEFAULT_OUT_DIR / "image_flow"
 LAYER = "layer3.0"
+N_TEST = 1000
 
 
 # ----------------------------------------------------------------------------------- the task
@@ -91,11 +92,17 @@ def teacher_path(n_train: int, epochs: int) -> Path:
         return path
     OUT.mkdir(parents=True, exist_ok=True)
     x, y = make_images(n_train, "train", seed=100)
-    xt, yt = make_images(2000, "test", seed=200)
+    xt, yt = make_images(N_TEST, "test", seed=200)
     with seeded(0):
         model = build_model("resnet8")
     t0 = time.perf_counter()
-    train_classifier(model, as_float(x), y, epochs=epochs, batch_size=128, lr=3e-3, weight_decay=5e-4, seed=0)
+    def said(phase: str, fraction: float, metrics: dict) -> None:
+        if "loss" in metrics:  # once per epoch
+            print(f"teacher epoch {metrics['epoch']}: loss {metrics['loss']:.3f} at {time.perf_counter() - t0:.0f} s",
+                  flush=True)
+
+    train_classifier(model, as_float(x), y, epochs=epochs, batch_size=32, lr=2e-3, weight_decay=5e-4, seed=0,
+                     progress=said)
     acc = accuracy(model, as_float(xt), yt)
     ep = torch.export.export(model.eval(), (torch.zeros(2, 3, 32, 32),), dynamic_shapes=({0: torch.export.Dim.DYNAMIC},))
     torch.export.save(ep, str(path))
@@ -113,7 +120,7 @@ def dataset_file(n: int) -> Path:
     path = OUT / f"data_{n}.safetensors"
     if not path.is_file():
         x, y = make_images(n, "train", seed=300)
-        xt, yt = make_images(2000, "test", seed=200)
+        xt, yt = make_images(N_TEST, "test", seed=200)
         save_file({"x_train": x.numpy(), "y_train": y.numpy(), "x_test": xt.numpy(), "y_test": yt.numpy(),
                    "scale": np.array([1 / 255], dtype=np.float32)}, str(path))
     return path
@@ -125,19 +132,21 @@ class StubRun:
 
     def __init__(self) -> None:
         self.t0 = time.perf_counter()
-        self.starts: dict[str, float] = {}
+        self.starts: dict[str, tuple[float, float]] = {}  # phase -> (wall, CPU) at its start
         self.metrics: dict[str, Any] = {}
 
     def progress(self, phase: str, fraction: float, metrics: dict | None = None, span: Any = None) -> None:
-        self.starts.setdefault(phase, time.perf_counter() - self.t0)
+        self.starts.setdefault(phase, (time.perf_counter() - self.t0, time.process_time()))
         self.metrics.update(metrics or {})
 
     def check(self) -> None:
         pass
 
-    def durations(self) -> dict[str, float]:
-        marks = sorted(self.starts.items(), key=lambda kv: kv[1]) + [("end", time.perf_counter() - self.t0)]
-        return {a[0]: b[1] - a[1] for a, b in zip(marks, marks[1:])}
+    def durations(self, cpu: bool = False) -> dict[str, float]:
+        """Seconds per phase, wall clock or this process's CPU time (the machine is shared)."""
+        end = ("end", (time.perf_counter() - self.t0, time.process_time()))
+        marks = sorted(self.starts.items(), key=lambda kv: kv[1][0]) + [end]
+        return {a[0]: b[1][int(cpu)] - a[1][int(cpu)] for a, b in zip(marks, marks[1:])}
 
 
 def speed_row(args: argparse.Namespace) -> dict:
@@ -163,26 +172,28 @@ def speed_row(args: argparse.Namespace) -> dict:
         spec = {"layer": LAYER, "dataset": "bench", "n_components": 16, "layout": args.layout,
                 "solver": {"max_iter": args.max_iter}, "budget": {}}
         metrics, pca = fit_representation(run, spec, teacher, ds, "0" * 64, out / "job")
-        d = run.durations()
+        d, c = run.durations(), run.durations(cpu=True)
         row.update(capture_s=d.get("capture"), fit_s=d.get("fit"), export_s=d.get("export"),
+                   capture_cpu_s=c.get("capture"), fit_cpu_s=c.get("fit"), export_cpu_s=c.get("export"),
                    fit_rows=json.loads((out / "job" / "report.json").read_text()).get("fit_rows") if (out / "job" / "report.json").exists() else None,
                    n_iter=int(pca.n_iter_), explained=metrics["explained_divergence_ratio"])
     else:
         from workers.distillation import run_distillation
 
         spec = {"dataset": "bench", "layer": LAYER, "n_components": 16, "layout": args.layout, "methods": ["bregman"],
-                "student": {"arch": "cnn", "channels": [32, 64]}, "budget": {"epochs": 1}, "onnx": False,
+                "student": {"arch": "cnn", "channels": [16, 32]}, "budget": {"epochs": 1}, "onnx": False,
                 "options": {"batch_size": 128, "pca_options": {"max_iter": args.max_iter}}}
         (out / "job").mkdir()
         final = run_distillation(run, spec, teacher, ds, "0" * 64, out / "job", None)
-        d = run.durations()
-        row.update(targets_s=d.get("bregman:targets"), representation_s=d.get("bregman:representation"),
+        d, c = run.durations(), run.durations(cpu=True)
+        row.update(targets_cpu_s=c.get("bregman:targets"), representation_cpu_s=c.get("bregman:representation"),
+                   epoch_cpu_s=c.get("bregman:train"), targets_s=d.get("bregman:targets"), representation_s=d.get("bregman:representation"),
                    epoch_s=d.get("bregman:train"), evaluate_s=d.get("bregman:evaluate"),
                    test_accuracy=final.get("test_accuracy"))
     row["total_s"] = time.perf_counter() - t0
     row["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     row["rss_before_mib"] = rss0
-    row["data_float_mib"] = (args.n + 2000) * 3 * 32 * 32 * 4 / 2**20
+    row["data_float_mib"] = (args.n + N_TEST) * 3 * 32 * 32 * 4 / 2**20
     return row
 
 
@@ -218,9 +229,9 @@ def part_quality(args: argparse.Namespace) -> list[dict]:
     torch.set_num_threads(args.threads)
     teacher = load_teacher(teacher_path(args.teacher_n, args.teacher_epochs))
     x_pool, y_pool = make_images(args.pool, "train", seed=300)
-    xt, yt = make_images(2000, "test", seed=200)
+    xt, yt = make_images(N_TEST, "test", seed=200)
     xt = as_float(xt)
-    students = {"resnet8": {"arch": "resnet8"}, "cnn": {"arch": "cnn", "channels": [32, 64]}}
+    students = {"resnet8": {"arch": "resnet8"}, "cnn": {"arch": "cnn", "channels": [16, 32]}}
     rows = []
     for fraction in args.fractions:
         n = int(round(fraction * args.pool))
@@ -282,7 +293,7 @@ def part_augment(args: argparse.Namespace) -> list[dict]:
     torch.set_num_threads(args.threads)
     teacher = load_teacher(teacher_path(args.teacher_n, args.teacher_epochs))
     x_pool, y_pool = make_images(args.pool, "train", seed=300)
-    xt, yt = make_images(2000, "test", seed=200)
+    xt, yt = make_images(N_TEST, "test", seed=200)
     xt = as_float(xt)
     n = int(round(min(args.fractions) * args.pool))
     views = args.views
@@ -291,7 +302,7 @@ def part_augment(args: argparse.Namespace) -> list[dict]:
     for seed in args.seeds:
         idx = torch.randperm(args.pool, generator=torch.Generator().manual_seed(1000 + seed))[:n]
         x, y = as_float(x_pool[idx]), y_pool[idx]
-        common = dict(layer=LAYER, method="bregman", student={"arch": "cnn", "channels": [32, 64]}, n_components=args.k,
+        common = dict(layer=LAYER, method="bregman", student={"arch": "cnn", "channels": [16, 32]}, n_components=args.k,
                       seed=seed, test=(xt, yt), batch_size=64, layout="channels", measure_latency=False,
                       pca_options={"max_iter": args.max_iter})
         for v in (0, views):  # the same optimizer steps: epochs scaled by the views
@@ -336,20 +347,20 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--part", nargs="+", default=["speed", "quality", "augment"], choices=["speed", "quality", "augment"])
     ap.add_argument("--sizes", nargs="+", type=int, default=[10000, 50000])
-    ap.add_argument("--distill-sizes", nargs="+", type=int, default=[10000, 50000])
-    ap.add_argument("--flat-n", type=int, default=2000)
+    ap.add_argument("--distill-sizes", nargs="+", type=int, default=[10000])
+    ap.add_argument("--flat-n", type=int, default=500)
     ap.add_argument("--pool", type=int, default=10000, help="training images the fractions are taken of")
     ap.add_argument("--fractions", nargs="+", type=float, default=[0.02, 0.1])
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    ap.add_argument("--students", nargs="+", default=["resnet8", "cnn"])
+    ap.add_argument("--students", nargs="+", default=["cnn", "resnet8"])
     ap.add_argument("--with-flat", action="store_true", help="also bregman through the flat layout (slow fit)")
-    ap.add_argument("--steps", type=int, default=600, help="optimizer steps of 64 images per student (sets epochs)")
+    ap.add_argument("--steps", type=int, default=300, help="optimizer steps of 64 images per student (sets epochs)")
     ap.add_argument("--views", type=int, default=4)
     ap.add_argument("--k", type=int, default=16)
     ap.add_argument("--max-iter", type=int, default=30)
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--teacher-n", type=int, default=10000)
-    ap.add_argument("--teacher-epochs", type=int, default=6)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--teacher-n", type=int, default=4000)
+    ap.add_argument("--teacher-epochs", type=int, default=3)
     ap.add_argument("--speed-row", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--job", default="representation", help=argparse.SUPPRESS)
     ap.add_argument("--layout", default="channels", help=argparse.SUPPRESS)

@@ -29,9 +29,11 @@ __all__ = [
 
 LAYOUTS = ("flat", "channels")
 #: rows (example x position) a channel-layout fit uses by default: 3.2 M rows of a 64-channel
-#: 8x8 map over 50,000 images are subsampled to this many, evenly over examples and positions;
-#: the coefficients are always computed at every position.
-DEFAULT_FIT_ROWS = 262_144
+#: 8x8 map over 50,000 images are subsampled to this many (a seeded random choice); the
+#: coefficients are always computed at every position. 65,536 rows of d = 64 are still 1,000 per
+#: unit; the fit's cost is linear in the rows (benchmarks/image_flow.py: CPU seconds per outer
+#: iteration, 32,000 rows x 64, k = 16: see the speed table).
+DEFAULT_FIT_ROWS = 65_536
 
 
 class LayoutError(ValueError):
