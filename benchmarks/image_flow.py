@@ -262,6 +262,12 @@ def part_quality(args: argparse.Namespace) -> list[dict]:
     return rows
 
 
+def merge(paths: list[str]) -> None:
+    """One quality table from the runs of several files (``--tag`` runs)."""
+    runs = [r for p in paths for r in json.loads(Path(p).read_text())["runs"]]
+    report("image_flow_quality", summarize(runs), extra={"runs": runs, "merged_from": paths})
+
+
 def summarize(rows: list[dict]) -> list[dict]:
     import statistics
 
@@ -361,11 +367,16 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--teacher-n", type=int, default=4000)
     ap.add_argument("--teacher-epochs", type=int, default=3)
+    ap.add_argument("--tag", default="", help="suffix of the JSON files (runs in parallel, e.g. one per seed)")
     ap.add_argument("--speed-row", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--job", default="representation", help=argparse.SUPPRESS)
     ap.add_argument("--layout", default="channels", help=argparse.SUPPRESS)
     ap.add_argument("--n", type=int, default=10000, help=argparse.SUPPRESS)
+    ap.add_argument("--merge", nargs="+", help="merge the quality JSON files given into one table")
     args = ap.parse_args()
+    if args.merge:
+        merge(args.merge)
+        return
     if args.speed_row:
         print(json.dumps(speed_row(args)))
         return
@@ -377,14 +388,14 @@ def main() -> None:
     params = {k: v for k, v in vars(args).items() if k not in ("speed_row", "job", "layout", "n")}
     if "speed" in args.part:
         rows = part_speed(args)
-        report("image_flow_speed", rows, params=params, extra={"teacher": teacher_info, "load": load})
+        report(f"image_flow_speed{args.tag}", rows, params=params, extra={"teacher": teacher_info, "load": load})
     if "quality" in args.part:
         rows = part_quality(args)
-        report("image_flow_quality", summarize(rows), params=params,
+        report(f"image_flow_quality{args.tag}", summarize(rows), params=params,
                extra={"teacher": teacher_info, "runs": rows, "load": load})
     if "augment" in args.part:
         rows = part_augment(args)
-        report("image_flow_augment", rows, params=params, extra={"teacher": teacher_info, "load": load})
+        report(f"image_flow_augment{args.tag}", rows, params=params, extra={"teacher": teacher_info, "load": load})
     print(f"load average at start: {load}")
 
 

@@ -4,8 +4,10 @@ The usual CIFAR recipe: pad every image with ``padding`` zero pixels on each sid
 random window of the original size, and flip it horizontally with probability 1/2. The views
 are made once, before the teacher's targets are computed (``views`` of every image, labels
 repeated), so the teacher labels each view once and the student's epochs read cached targets.
-Why cached views and not views drawn and labelled on the fly in the data loader:
-``benchmarks/image_flow.py`` measured both (see its ``augmentation`` table).
+Why cached views and not views drawn and labelled on the fly in the data loader: with cached
+views the teacher labels each view once and every epoch is a plain pass over tensors, while on
+the fly the teacher (and, for ``bregman``, the per-position coefficient solve) runs at every
+step. ``benchmarks/image_flow.py --part augment`` measures both at equal optimizer steps.
 """
 from __future__ import annotations
 
