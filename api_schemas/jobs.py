@@ -42,6 +42,16 @@ DistillationMethod = Literal["auto", "bregman", "kd", "hint", "labels"]
 #: is refused (422): a layer's divergence is defined by the transfer that actually follows it.
 TransferChoice = str
 
+#: how a conv map (C, H, W) becomes rows: ``channels`` (one row of C values per position: d = C, a
+#: 1x1 exported layer, a coefficient-map student) or ``flat`` (one row of C*H*W values per
+#: example); ``auto``: the layer listing's default (channels for conv maps; a distillation with
+#: an mlp student stays flat).
+Layout = Literal["auto", "flat", "channels"]
+_LAYOUT_FIELD = dict(description="auto, flat or channels (conv maps): how the layer's map becomes rows.")
+_FIT_ROWS_FIELD = dict(ge=1, description=(
+    "Channels layout: fit on at most this many (example, position) rows, a seeded random choice (default "
+    "65536); coefficients are computed at every position."))
+
 
 class Budget(BaseModel):
     """Limits of one job. ``time_limit_s`` becomes the worker's time limit for the job."""
@@ -124,6 +134,8 @@ class RepresentationSpec(_SpecBase):
         None, gt=0, le=1, description="Pick the smallest k explaining this share of the divergence."
     )
     solver: SolverOptions = Field(default_factory=SolverOptions)
+    layout: Layout = Field("auto", **_LAYOUT_FIELD)
+    fit_rows: int | None = Field(None, **_FIT_ROWS_FIELD)
 
     @model_validator(mode="after")
     def _one_of_k_or_share(self) -> "RepresentationSpec":
@@ -151,6 +163,11 @@ class DistillOptions(BaseModel):
         "Noisy copies of every transfer row, labelled by the teacher (for small transfer sets)."))
     augment_noise: float | None = Field(None, ge=0, le=10, description=(
         "The copies' noise, in units of the inputs' standard deviation (default 0.3)."))
+    augment_views: int | None = Field(None, ge=0, le=50, description=(
+        "Images: augmented views of every transfer image (random crop after padding, horizontal flip), "
+        "labelled by the teacher once."))
+    augment_padding: int | None = Field(None, ge=0, le=64, description="Zero padding before the crop (default 4).")
+    augment_flip: bool | None = Field(None, description="Flip half of the views horizontally (default true).")
 
 
 Width = Annotated[int, Field(ge=1, le=65_536)]
@@ -289,6 +306,8 @@ class DistillationSpec(_SpecBase):
         description="The first method's student is the job's `student.*` artifact; the others are compared.",
     )
     options: DistillOptions = Field(default_factory=lambda: DistillOptions())
+    layout: Layout = Field("auto", **_LAYOUT_FIELD)
+    fit_rows: int | None = Field(None, **_FIT_ROWS_FIELD)
     onnx: bool = Field(True, description="Also export the student as ONNX (where the exporter can).")
 
     @model_validator(mode="after")

@@ -40,7 +40,8 @@ class LayerOut(BaseModel):
         transfer_params={"negative_slope": 0.01},
         tappable=True,
         reason=None,
-        representation="pre-activation of LeakyReLU at 3",
+        representation="flat",
+        layouts={"flat": 64},
     )
 
     path: str = Field(description="Module path; what a job's `layer` names.")
@@ -56,7 +57,10 @@ class LayerOut(BaseModel):
     transfer_params: dict[str, Any] = Field(default_factory=dict)
     tappable: bool = Field(description="Whether a Bregman representation can be fitted here.")
     reason: str | None = Field(None, description="Why not, when not tappable.")
-    representation: str | None = None
+    representation: str | None = Field(None, description=(
+        "The default layout: channels for a conv map (C, H, W) with an element-wise transfer, else flat."))
+    layouts: dict[str, int] | None = Field(None, description=(
+        "Row width d of each layout the layer allows, e.g. {\"flat\": 4096, \"channels\": 64}."))
 
 
 class LayerList(BaseModel):

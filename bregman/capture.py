@@ -8,7 +8,12 @@ index ``chunks.json``) and returns a :class:`ChunkedActivations`: a re-iterable 
 accepts directly. Peak memory is then bounded by one batch plus one chunk, not by N.
 
 The inputs may be a tensor / array ``(N, *input_shape)`` or any iterable of such batches (e.g. a
-generator reading a large data set from disk), so the inputs need not fit in memory either.
+generator reading a large data set from disk), so the inputs need not fit in memory either. A
+memory-mapped tensor is read one batch at a time; uint8 images are scaled per batch (``scale``),
+so a data set is never converted to float as a whole.
+
+``layout="channels"`` (a conv map, :mod:`bregman.layouts`) stores one row per example and
+position, ``(N*H*W, C)``, instead of one row of ``C*H*W`` values per example.
 """
 from __future__ import annotations
 
@@ -113,6 +118,19 @@ def _batches(x: Any, batch_size: int) -> tuple[Iterable[torch.Tensor], int | Non
     raise TypeError(f"inputs must be a tensor, an array or an iterable of batches, got {type(x).__name__}")
 
 
+def as_float_batch(batch: torch.Tensor, scale: float | None = None) -> torch.Tensor:
+    """One input batch as float32 (a copy of just this batch), times ``scale`` when given.
+
+    Integer images (uint8) need a scale; float inputs are only cast when not float32.
+    """
+    if not batch.is_floating_point():
+        if scale is None:
+            raise ValueError(f"the inputs have dtype {batch.dtype}: give a scale (e.g. 1/255) to turn them into floats")
+        return batch.to(torch.float32) * float(scale)
+    batch = batch if batch.dtype == torch.float32 else batch.to(torch.float32)
+    return batch * float(scale) if scale not in (None, 1.0, 1) else batch
+
+
 def _device_of(module: nn.Module) -> torch.device | None:
     for t in list(module.parameters()) + list(module.buffers()):
         return t.device
@@ -162,6 +180,9 @@ def capture_preactivations(
     device: torch.device | str | None = None,
     n_rows: int | None = None,
     progress: Callable[[int, int | None], None] | None = None,
+    layout: str = "flat",
+    map_shape: tuple[int, int, int] | None = None,
+    scale: float | None = None,
 ) -> torch.Tensor | ChunkedActivations:
     """Run ``body`` over the inputs in batches and collect its ``(B, d)`` outputs.
 
@@ -185,12 +206,27 @@ def capture_preactivations(
         Number of input rows when ``x`` is an iterable of batches: lets the one-pass result be
         allocated once instead of concatenated (which needs twice the memory).
     progress : callable(rows_done, n_rows_or_None), optional
-        Called after every batch.
+        Called after every batch (with input rows, not output rows).
+    layout : {"flat", "channels"}
+        ``"channels"``: the body's ``(B, C*H*W)`` output becomes ``(B*H*W, C)`` channel rows
+        (needs ``map_shape``).
+    map_shape : (C, H, W), optional
+        The layer's per-example shape (``layout="channels"``).
+    scale : float, optional
+        Multiply every input batch by this after converting it to float32 (e.g. 1/255 for
+        uint8 images). Integer inputs need it.
 
     Returns
     -------
-    Tensor (N, d) on the CPU, or ChunkedActivations.
+    Tensor (N, d) on the CPU (``(N*H*W, C)`` for channels), or ChunkedActivations.
     """
+    from bregman.layouts import LayoutError, rows_of_map
+
+    if layout not in ("flat", "channels"):
+        raise LayoutError(f"layout must be 'flat' or 'channels', got {layout!r}")
+    if layout == "channels" and (map_shape is None or len(tuple(map_shape)) != 3):
+        raise LayoutError(f"layout 'channels' needs the layer's map_shape (C, H, W), got {map_shape!r}")
+    positions = int(map_shape[1]) * int(map_shape[2]) if layout == "channels" else 1
     if batch_size < 1:
         raise ValueError(f"batch_size must be a positive integer, got {batch_size}")
     if chunk_rows is not None and chunk_rows < 1:
@@ -200,9 +236,10 @@ def capture_preactivations(
         run_device = torch.device(device) if device is not None else _device_of(body)
     else:
         run_device = torch.device(device) if device is not None else None
-    batches, n_total = _batches(x, batch_size)
-    if n_total is None:
-        n_total = n_rows
+    batches, n_inputs = _batches(x, batch_size)
+    if n_inputs is None:
+        n_inputs = n_rows
+    n_total = n_inputs * positions if n_inputs is not None else None
 
     writer: _ChunkWriter | None = None
     temporary = False
@@ -219,12 +256,17 @@ def capture_preactivations(
     parts: list[torch.Tensor] = []
     done = 0
     d: int | None = None
+    seen = 0
     for batch in batches:
+        seen += int(batch.shape[0])
+        batch = as_float_batch(batch, scale)
         if run_device is not None:
             batch = batch.to(run_device, non_blocking=True)
         a = body(batch)
         if a.dim() != 2:
             raise ValueError(f"body must return (B, d) rows, got shape {tuple(a.shape)}")
+        if layout == "channels":
+            a = rows_of_map(a, map_shape)
         a = a.detach().to("cpu")
         d = a.shape[1]
         if writer is not None:
@@ -239,7 +281,7 @@ def capture_preactivations(
             parts.append(a)
         done += a.shape[0]
         if progress is not None:
-            progress(done, n_total)
+            progress(seen, n_inputs)
     if writer is not None:
         writer.finish()
         index = {"n_rows": done, "d": d or 0, "files": writer.files}

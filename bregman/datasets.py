@@ -2,14 +2,17 @@
 
 Upload format (either container; ``.npz`` is read with ``allow_pickle=False``):
 
-- ``x``: inputs, ``(N, *input_shape)``, floating point (scale integer images yourself, e.g.
-  ``x / 255``);
+- ``x``: inputs, ``(N, *input_shape)``, floating point, or integer images (e.g. uint8) with a
+  ``scale`` array (one value, e.g. ``1/255``) that turns them into floats;
 - ``y`` (optional): integer class labels ``(N,)`` in ``[0, num_classes)``;
 - ``split`` (optional): integer array ``(N,)``, ``0`` = training row, ``1`` = test row. Without
   it every row is a training row and the test set is empty.
 
 Instead of ``x``/``y``/``split`` a file may hold ``x_train``, ``y_train``, ``x_test``, ``y_test``.
 The container is recognised from the content (zip of ``.npy`` members or a safetensors header).
+Safetensors files and uncompressed ``.npz`` files are memory-mapped, not read into memory
+(:mod:`bregman._mmap_data`); integer images are converted to float32 into a temporary file
+mapped in turn, so a data set of hundreds of MB costs a worker little memory.
 
 Built in: ``digits`` (scikit-learn's ``load_digits``, imported only when asked for): 1797 8x8
 grayscale images, float32 scaled to [0, 1], flattened to ``(N, 64)``, with a fixed stratified
@@ -174,49 +177,31 @@ def _read_arrays(path: Path) -> dict[str, np.ndarray]:
     raise DatasetError("file", "unrecognised data set file", expected=".npz (numpy.savez) or .safetensors with x, y, split")
 
 
-_ARRAY_NAMES = ({"x", "y", "split"}, {"x_train", "y_train", "x_test", "y_test"})
+_ARRAY_NAMES = ({"x", "y", "split", "scale"}, {"x_train", "y_train", "x_test", "y_test", "scale"})
 
 
-def _is_safetensors(path: Path) -> bool:
-    with path.open("rb") as fh:
-        head = fh.read(9)
-    if len(head) < 9 or head[8:9] != b"{":
-        return False
-    (n,) = struct.unpack("<Q", head[:8])
-    return 2 <= n <= path.stat().st_size - 8
-
-
-def _read_safetensors_arrays(path: Path) -> dict[str, np.ndarray]:
-    """The arrays of a safetensors data set, read only after the header proved consistent with the
-    file and named only arrays we use, with the dtypes they need (nothing read before that)."""
-    from bregman._safetensors_guard import SafetensorsHeaderError, iter_tensors, read_header
-
-    try:
-        header = read_header(path)
-    except SafetensorsHeaderError as exc:
-        raise DatasetError("file", f"the safetensors file cannot be used: {exc}") from None
-    names = set(header.tensors)
+def _check_array_names(arrays: dict[str, np.ndarray]) -> None:
+    """Only the arrays a data set uses, with the dtypes they need (checked on the mapped or read
+    headers, before any value is touched)."""
+    names = set(arrays)
     if not any(names <= allowed for allowed in _ARRAY_NAMES):
         raise DatasetError("file", f"unexpected arrays {sorted(n[:80] for n in names)[:10]}",
-                           expected="x, optional y and split; or x_train, y_train, x_test, y_test")
-    for name, entry in header.tensors.items():
-        if name.startswith("x") and not entry.is_floating_point:
-            raise DatasetError(name, f"inputs have dtype {entry.dtype}; expected floating point (float32). Convert and "
-                               "scale integer images yourself, e.g. x.astype('float32') / 255", expected="float32")
-        if name.startswith(("y", "split")) and (entry.is_floating_point or len(entry.shape) != 1):
-            raise DatasetError(name, f"has dtype {entry.dtype} and shape {list(entry.shape)}", expected="integers, shape (N,)")
-    try:
-        return dict(iter_tensors(header, framework="np"))
-    except Exception as exc:  # safetensors' own reader
-        raise DatasetError("file", f"cannot read the safetensors file: {str(exc)[:300]}") from None
+                           expected="x, optional y and split; or x_train, y_train, x_test, y_test (and scale)")
+    for name, arr in arrays.items():
+        if name.startswith(("y", "split")) and (arr.dtype.kind not in "iub" or arr.ndim != 1):
+            raise DatasetError(name, f"has dtype {arr.dtype} and shape {list(arr.shape)}", expected="integers, shape (N,)")
 
 
-def _as_inputs(field: str, arr: np.ndarray) -> torch.Tensor:
+def _as_inputs(field: str, arr: np.ndarray, scale: float | None = None) -> torch.Tensor:
+    if scale is not None and arr.dtype.kind in "iuf":
+        from bregman._mmap_data import scaled_float32
+
+        arr = scaled_float32(arr, scale)
     if arr.dtype.kind != "f":
         raise DatasetError(
             field,
-            f"inputs have dtype {arr.dtype}; expected floating point (float32). Convert and scale integer "
-            "images yourself, e.g. x.astype('float32') / 255",
+            f"inputs have dtype {arr.dtype}; expected floating point (float32), or integer images with a 'scale' "
+            "array (e.g. 1/255 for uint8) in the same file",
             expected="float32",
         )
     if arr.ndim < 2:
@@ -245,15 +230,17 @@ def load_dataset_file(path: str | os.PathLike, name: str | None = None) -> Datas
     path = Path(path)
     if not path.is_file():
         raise DatasetError("file", f"{str(path)!r} does not exist")
-    arrays = _read_safetensors_arrays(path) if _is_safetensors(path) else _read_arrays(path)
+    arrays = _mapped_or_read(path)
+    _check_array_names(arrays)
+    scale = _scale(arrays.pop("scale", None))
     name = name or path.stem
     if "x_train" in arrays:
-        unknown = sorted(set(arrays) - {"x_train", "y_train", "x_test", "y_test"})
+        unknown = sorted(set(arrays) - {"x_train", "y_train", "x_test", "y_test"})  # (scale popped above)
         if unknown:
             raise DatasetError("file", f"unexpected arrays {unknown}", expected=["x_train", "y_train", "x_test", "y_test"])
-        x_train = _as_inputs("x_train", arrays["x_train"])
+        x_train = _as_inputs("x_train", arrays["x_train"], scale)
         x_test_arr = arrays.get("x_test")
-        x_test = _as_inputs("x_test", x_test_arr) if x_test_arr is not None else x_train[:0]
+        x_test = _as_inputs("x_test", x_test_arr, scale) if x_test_arr is not None else x_train[:0]
         if x_test.shape[1:] != x_train.shape[1:]:
             raise DatasetError("x_test", f"per-example shape {tuple(x_test.shape[1:])} differs from x_train's {tuple(x_train.shape[1:])}")
         y_train = _as_labels("y_train", arrays.get("y_train"), x_train.shape[0])
@@ -268,7 +255,7 @@ def load_dataset_file(path: str | os.PathLike, name: str | None = None) -> Datas
         unknown = sorted(set(arrays) - {"x", "y", "split"})
         if unknown:
             raise DatasetError("file", f"unexpected arrays {unknown}", expected=["x", "y", "split"])
-        x = _as_inputs("x", arrays["x"])
+        x = _as_inputs("x", arrays["x"], scale)
         n = x.shape[0]
         y = _as_labels("y", arrays.get("y"), n)
         split = arrays.get("split")
@@ -281,7 +268,7 @@ def load_dataset_file(path: str | os.PathLike, name: str | None = None) -> Datas
             if bad.size:
                 raise DatasetError("split", f"split holds values {bad.tolist()[:5]}", expected="0 (train) or 1 (test)")
             train = torch.from_numpy(split.astype(np.int64) == 0)
-        x_train, x_test = x[train], x[~train]
+        x_train, x_test = _rows(x, train), _rows(x, ~train)
         y_train = y[train] if y is not None else None
         y_test = y[~train] if y is not None else None
     num_classes = None
@@ -291,12 +278,52 @@ def load_dataset_file(path: str | os.PathLike, name: str | None = None) -> Datas
     return Dataset(name, x_train, y_train, x_test, y_test, num_classes)
 
 
+def _mapped_or_read(path: Path) -> dict[str, np.ndarray]:
+    """The file's arrays memory-mapped where the container allows it, else read (bounded)."""
+    from bregman._mmap_data import mapped_arrays
+
+    try:
+        arrays = mapped_arrays(path)
+    except ValueError as exc:
+        raise DatasetError("file", f"cannot read the data set: {exc}") from None
+    return arrays if arrays is not None else _read_arrays(path)
+
+
+def _scale(arr: np.ndarray | None) -> float | None:
+    if arr is None:
+        return None
+    if arr.dtype.kind not in "fiu" or arr.size != 1:
+        raise DatasetError("scale", f"scale must be one number, got dtype {arr.dtype} and shape {arr.shape}",
+                           expected="a single positive float, e.g. 1/255")
+    value = float(np.asarray(arr).reshape(()))
+    if not math.isfinite(value) or value <= 0:
+        raise DatasetError("scale", f"scale must be a positive finite number, got {value}", expected="e.g. 1/255")
+    return value
+
+
+def _rows(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """``x[mask]``, as a view (no copy of a mapped data set) when the chosen rows are one run."""
+    idx = torch.nonzero(mask).flatten()
+    if idx.numel() == 0:
+        return x[:0]
+    first, last = int(idx[0]), int(idx[-1])
+    return x[first:last + 1] if last - first + 1 == idx.numel() else x[mask]
+
+
 def _check_finite(field: str, x: torch.Tensor) -> None:
+    # block by block: a mask of the whole data set would cost a byte per value
+    rows = max(1, (1 << 22) // max(1, x[:1].numel()))
+    for s in range(0, x.shape[0], rows):
+        _check_finite_block(field, x[s:s + rows], s)
+
+
+def _check_finite_block(field: str, x: torch.Tensor, offset: int = 0) -> None:
     bad = ~torch.isfinite(x.reshape(x.shape[0], -1)).all(dim=1)
     if bool(bad.any()):
         rows = torch.nonzero(bad).flatten()
         raise DatasetError(
-            field, f"{int(rows.numel())} row(s) contain NaN or infinite values (first: row {int(rows[0])})",
+            field, f"row {offset + int(rows[0])} (and {int(rows.numel()) - 1} more in its block) contains NaN or "
+                   "infinite values",
             expected="finite values",
         )
 

@@ -5,7 +5,13 @@ Files written by :meth:`ExportedLayer.save` (readable without this project's cod
 - ``layer.safetensors``: ``mean`` (d), ``components`` (k, d), and each numeric transfer
   parameter as a 0-d tensor named ``transfer.<param>`` (e.g. ``transfer.negative_slope``);
 - ``layer.json``: ``format_version``, ``kind``, the transfer (name and parameters), k, d,
-  dtype, the divergence report, ridge, Hessian floor, plus any metadata.
+  dtype, the divergence report, ridge, Hessian floor, ``layout`` and (channels) ``spatial_shape``,
+  plus any metadata.
+
+Layouts (see :mod:`bregman.layouts`): ``"flat"`` maps coefficients ``(B, k)`` to ``(B, d)``;
+``"channels"`` is a 1x1 convolution followed by the transfer at every position: a coefficient
+map ``(B, k, H, W)`` to the layer's map ``(B, d, H, W)`` with d = C, the same ``m`` and ``V`` at
+every position. The files are the same; only ``layout`` and ``spatial_shape`` differ.
 
 Examples
 --------
@@ -51,6 +57,10 @@ class ExportedLayer(nn.Module):
         The layer's transfer function (with its parameters).
     manifest : dict or None
         Extra JSON-able description (divergence report, ridge, ...), kept in :attr:`manifest`.
+    layout : {"flat", "channels"}, default "flat"
+        ``"channels"``: a 1x1 convolution over a coefficient map ``(B, k, H, W)``.
+    spatial_shape : (H, W), optional
+        The map's spatial size (``layout="channels"`` only; recorded, and checked on input).
 
     Attributes
     ----------
@@ -69,7 +79,8 @@ class ExportedLayer(nn.Module):
     """
 
     def __init__(self, mean: torch.Tensor, components: torch.Tensor, transfer: str | Transfer,
-                 manifest: dict[str, Any] | None = None) -> None:
+                 manifest: dict[str, Any] | None = None, *, layout: str | None = None,
+                 spatial_shape: tuple[int, int] | list[int] | None = None) -> None:
         super().__init__()
         if not isinstance(mean, torch.Tensor) or not isinstance(components, torch.Tensor):
             raise ExportedLayerError("mean and components must be torch tensors")
@@ -83,6 +94,20 @@ class ExportedLayer(nn.Module):
                 f"mean and components must share one floating dtype, got {mean.dtype} and {components.dtype}"
             )
         self.transfer: Transfer = get_transfer(transfer)
+        layout = layout or (manifest or {}).get("layout") or "flat"
+        spatial = spatial_shape if spatial_shape is not None else (manifest or {}).get("spatial_shape")
+        if layout not in ("flat", "channels"):
+            raise ExportedLayerError(f"layout must be 'flat' or 'channels', got {layout!r}")
+        if layout == "channels":
+            if spatial is None or len(spatial) != 2 or any(int(s) < 1 for s in spatial):
+                raise ExportedLayerError(f"a channels layer needs spatial_shape (H, W), got {spatial!r}")
+            if not self.transfer.elementwise:
+                raise ExportedLayerError(f"the {self.transfer.name} transfer couples units: it has no channels layout")
+            spatial = [int(s) for s in spatial]
+        else:
+            spatial = None
+        self.layout: str = layout
+        self.spatial_shape: tuple[int, int] | None = tuple(spatial) if spatial else None
         self.register_buffer("mean", mean.detach().clone())
         self.register_buffer("components", components.detach().clone())
         self.k = int(components.shape[0])
@@ -95,20 +120,38 @@ class ExportedLayer(nn.Module):
             "k": self.k,
             "d": self.d,
             "dtype": str(mean.dtype).replace("torch.", ""),
+            "layout": self.layout,
         })
+        if self.spatial_shape is not None:
+            base["spatial_shape"] = list(self.spatial_shape)
+        else:
+            base.pop("spatial_shape", None)
         base.setdefault("hessian_floor", float(self.transfer.hessian_floor))
         self.manifest: dict[str, Any] = base
 
     def forward(self, c: torch.Tensor) -> torch.Tensor:
-        """Layer outputs ``f(mean + c @ components)`` for coefficients c of shape (B, k)."""
-        return self.transfer.f(self.mean + c @ self.components)
+        """Layer outputs ``f(mean + c @ components)``: (B, k) -> (B, d), or for the channels
+        layout the same at every position, (B, k, H, W) -> (B, d, H, W)."""
+        return self.transfer.f(self.preactivation(c))
 
     def preactivation(self, c: torch.Tensor) -> torch.Tensor:
-        """Reconstructed pre-activations ``mean + c @ components`` (B, d)."""
-        return self.mean + c @ self.components
+        """Reconstructed pre-activations ``mean + c @ components`` (B, d), or (B, d, H, W)."""
+        if self.layout == "flat":
+            return self.mean + c @ self.components
+        # a 1x1 convolution, written as the flat layer's matmul over channel-last positions so
+        # that every position computes exactly what the flat rows of the fit computed
+        return (self.mean + c.movedim(1, -1) @ self.components).movedim(-1, 1)
 
     def extra_repr(self) -> str:
-        return f"k={self.k}, d={self.d}, transfer={self.transfer!r}"
+        where = f", layout=channels, spatial_shape={self.spatial_shape}" if self.layout == "channels" else ""
+        return f"k={self.k}, d={self.d}, transfer={self.transfer!r}{where}"
+
+    def with_layout(self, layout: str, spatial_shape: tuple[int, int] | list[int] | None = None) -> "ExportedLayer":
+        """The same representation (m, V, transfer, manifest) used in another layout."""
+        manifest = dict(self.manifest)
+        manifest.pop("spatial_shape", None)
+        return type(self)(self.mean, self.components, self.transfer, manifest=manifest, layout=layout,
+                          spatial_shape=spatial_shape)
 
     # --- files ----------------------------------------------------------------------------
     def save(self, directory: str | Path) -> Path:

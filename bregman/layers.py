@@ -14,10 +14,13 @@ so that ``head(transfer.f(body(x))) == teacher(x)``. Both are ``torch.fx.GraphMo
 operators holding their own frozen copies of the weights; they can be exported with
 ``torch.export`` (alone or inside a larger module such as student -> exported layer -> head).
 
-Representation of convolutional layers: a conv map of shape ``(C, H, W)`` is represented as the
-flat vector of its ``d = C*H*W`` values per example (``representation == "flat"``): the body
-flattens it, the head un-flattens it. Element-wise transfers (ReLU, sigmoid, ...) act on every
-value alike, so the flat view is exact.
+Representation of convolutional layers: the body always returns a conv map of shape
+``(C, H, W)`` flattened to its ``C*H*W`` values per example, and the head un-flattens it. A
+representation of the map uses one of two layouts (:mod:`bregman.layouts`): ``"flat"``, one row
+of ``d = C*H*W`` values per example, or ``"channels"``, one row of ``d = C`` values per example
+and position (the default for conv maps with an element-wise transfer: a Bregman PCA of the same
+layer with directions shared by every position, exported as a 1x1 convolution). Element-wise
+transfers (ReLU, sigmoid, ...) act on every value alike, so both views are exact.
 
 Paths: the module path of the module that computes the pre-activation (``"0"``, ``"2"`` in an
 ``nn.Sequential``; ``"bn1"``, ``"layer3.2"`` (a residual block's sum) in a ResNet). Where a module
@@ -67,7 +70,10 @@ class LayerInfo:
     reason : str or None
         Why the layer cannot be tapped.
     representation : str
-        ``"flat"``: the layer is represented as a (B, d) matrix.
+        The default layout: ``"channels"`` for a conv map with an element-wise transfer, else
+        ``"flat"`` (a (B, d) matrix).
+    layouts : dict
+        The row width d of every layout the layer allows, e.g. ``{"flat": 4096, "channels": 64}``.
     """
 
     path: str
@@ -81,11 +87,16 @@ class LayerInfo:
     tappable: bool
     reason: str | None
     representation: str = "flat"
+    layouts: dict[str, int] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
         out["output_shape"] = list(self.output_shape)
         return out
+
+    def d_of(self, layout: str) -> int:
+        """The row width in ``layout`` (``flat``: d; ``channels``: C)."""
+        return int((self.layouts or {"flat": self.d})[layout])
 
 
 @dataclass
@@ -109,6 +120,10 @@ def _info(c: Candidate) -> LayerInfo:
         transfer, params = c.plan.transfer_name, dict(c.plan.transfer_params)
     else:
         transfer = _detected_activation(c)
+    from bregman.layouts import available_layouts, default_layout, layout_dims
+
+    dims = layout_dims(c.output_shape)
+    allowed = available_layouts(c.output_shape, transfer)
     return LayerInfo(
         path=c.path,
         node=c.node.name,
@@ -120,6 +135,8 @@ def _info(c: Candidate) -> LayerInfo:
         transfer_params=params,
         tappable=c.plan is not None,
         reason=c.reason,
+        representation=default_layout(c.output_shape, transfer),
+        layouts={name: dims[name] for name in allowed},
     )
 
 

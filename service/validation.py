@@ -122,11 +122,30 @@ def _k_fits(k: int | None, layer: dict[str, Any], dataset: Dataset, max_rows: in
         raise unprocessable(field, f"n_components={k} needs more training rows than components ({rows} rows); choose k < {rows}")
 
 
+def _layout(layout: str, layer: dict[str, Any], student_arch: str | None = None) -> dict[str, Any]:
+    """The layer as the chosen layout sees it (its ``d`` is the row width); 422 on a layout it lacks."""
+    layouts = layer.get("layouts") or {"flat": layer.get("d")}
+    if layout == "auto":
+        chosen = layer.get("representation") if layer.get("representation") in layouts else "flat"
+        if student_arch == "mlp":
+            chosen = "flat"  # an mlp student cannot predict a coefficient map
+    elif layout not in layouts:
+        raise unprocessable("layout", f"layer '{layer.get('path')}' has no {layout} layout (it allows "
+                                      f"{', '.join(layouts)}); use layout flat")
+    else:
+        chosen = layout
+    if chosen == "channels" and student_arch == "mlp":
+        raise unprocessable(["student", "arch"], "the channels layout needs a conv student (cnn, resnet*, wrn*) that "
+                                                 "predicts a coefficient map; choose one, or layout flat")
+    return {**layer, "d": layouts[chosen], "layout": chosen}
+
+
 def validate_representation(db: Session, tenant: str, spec: RepresentationSpec) -> ValidatedJob:
     teacher = _teacher(db, tenant, spec.teacher_id)
     dataset = _dataset(db, tenant, spec.dataset, teacher)
     layer = _layer(teacher, spec.layer)
     spec.transfer = _transfer(spec.transfer, layer)
+    layer = _layout(spec.layout, layer)
     _k_fits(spec.n_components, layer, dataset, spec.budget.max_train_rows)
     return ValidatedJob(teacher, dataset, layer, spec.n_components)
 
@@ -195,9 +214,13 @@ def validate_distillation(
         if k is not None:
             raise unprocessable("n_components", "k comes from the representation job; leave n_components unset")
         layer = _layer(teacher, str(rep.spec["layer"]), field="representation_job_id")
+        if (rep.metrics or {}).get("layout") == "channels" and spec.student.arch == "mlp":
+            raise unprocessable(["student", "arch"], f"representation job '{rep.id}' is in the channels layout: it "
+                                                     "needs a conv student (cnn, resnet*, wrn*)")
     else:
         layer = _layer(teacher, str(spec.layer))
         spec.transfer = _transfer(spec.transfer, layer)
+        layer = _layout(spec.layout, layer, spec.student.arch)
         _k_fits(k, layer, dataset, spec.budget.max_train_rows)
     if dataset.has_labels is False and ("labels" in spec.methods):
         raise unprocessable("methods", f"data set '{dataset.id}' has no labels; the labels method needs them")

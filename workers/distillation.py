@@ -87,13 +87,16 @@ def run_distillation(run: JobRun, spec: dict[str, Any], teacher: Any, dataset: A
     layer = spec.get("layer")
     transfer = spec.get("transfer", "auto")
     n_components = spec.get("n_components")
+    layout = spec.get("layout", "auto")
     exported = None
     if representation is not None:
         exported = _load_representation(representation)
         layer = str(representation["spec"]["layer"])
         transfer = representation["spec"].get("transfer", "auto")
         n_components = None
-    settings = TrainSettings.from_options(spec.get("options"), epochs=budget.get("epochs"))
+        layout = getattr(exported, "layout", "flat")  # the representation job's layout
+    settings = TrainSettings.from_options(spec.get("options"), epochs=budget.get("epochs"), layout=layout,
+                                          fit_rows=spec.get("fit_rows"))
     student = {k: v for k, v in (spec.get("student") or {"arch": "mlp"}).items() if v is not None}
     methods: list[str] = list(spec.get("methods") or ["auto"])
     cache = TargetCache()
@@ -106,8 +109,11 @@ def run_distillation(run: JobRun, spec: dict[str, Any], teacher: Any, dataset: A
             index, count = metrics.pop("candidate_index", 0), metrics.pop("candidate_count", 1)
             start, width = _WITHIN.get(phase.rsplit(":", 1)[-1], (0.0, 1.0))
             within = (index + start + width * max(0.0, min(1.0, float(fraction)))) / max(1, count)
+            # the span of the current phase, so that the time left follows this phase's rate
+            span = ((_i + (index + start) / max(1, count)) / len(methods),
+                    (_i + (index + start + width) / max(1, count)) / len(methods))
             scalars = {f"{_m}_{k}": v for k, v in metrics.items() if isinstance(v, (int, float, str, bool))}
-            run.progress(f"{_m}:{phase}", (_i + within) / len(methods), scalars)
+            run.progress(f"{_m}:{phase}", (_i + within) / len(methods), scalars, span=span)
 
         uses_representation = method in ("bregman", "auto")
         results[method] = distill(
@@ -143,6 +149,7 @@ def run_distillation(run: JobRun, spec: dict[str, Any], teacher: Any, dataset: A
         "methods": methods,
         "selection": main.metrics.get("selection"),
         "k": main.k,
+        "layout": main.settings.get("layout"),
         "representation_job_id": spec.get("representation_job_id"),
         "accuracy": accuracy,
         "metrics": {m: r.metrics for m, r in results.items()},

@@ -41,6 +41,7 @@ from typing import Any
 
 import torch
 
+from bregman.layouts import map_of_rows
 from workers.loading import resolve_device, subsample
 from workers.runtime import JobRun
 
@@ -150,20 +151,32 @@ def _fit(run: JobRun, spec: dict[str, Any], teacher: Any, dataset: Any, teacher_
     run.progress("load", 1.0)
     teacher.module.to(device)
     # the same cut as a distillation job's: under "auto" the logits get the softmax transfer
-    cut = resolve_cut(teacher, str(spec["layer"]), teacher.example_input().to(device), spec.get("transfer", "auto"))
+    cut = resolve_cut(teacher, str(spec["layer"]), teacher.example_input().to(device), spec.get("transfer", "auto"),
+                      spec.get("layout", "auto"))
     transfer = cut.transfer
     x, _ = subsample(dataset.x_train, dataset.y_train, budget.get("max_train_rows"), seed)
+    n_test_inputs = int(dataset.x_test.shape[0]) if dataset.x_test is not None else 0
 
-    def captured(done: int, total: int | None) -> None:
-        run.progress("capture", done / total if total else 0.5)
+    def captured(done: int, total: int | None, _offset: int = 0) -> None:  # the test rows are captured too
+        run.progress("capture", (_offset + done) / (int(x.shape[0]) + n_test_inputs))
 
-    d = int(cut.info.d)
-    A = _capture(cut.body, x.to(device), d, work_dir, "train", captured)
+    flat_d = int(cut.info.d)
+    A = _capture(cut.body, x, flat_d, work_dir, "train", captured)
     A_test = None
-    if dataset.x_test is not None and len(dataset.x_test):
-        A_test = _capture(cut.body, dataset.x_test.to(device), d, work_dir, "test")
+    if n_test_inputs:
+        A_test = _capture(cut.body, dataset.x_test, flat_d, work_dir, "test",
+                          lambda done, total: captured(done, total, int(x.shape[0])))
     n_train = int(A.shape[0])
     n_test = int(A_test.shape[0]) if A_test is not None else 0
+    d = cut.d
+    A_fit = A
+    if cut.map_shape is not None:  # channels: rows are (example, position) pairs, d = C
+        from bregman.layouts import DEFAULT_FIT_ROWS, ChannelRows, sample_rows
+
+        fit_rows = spec.get("fit_rows") or DEFAULT_FIT_ROWS
+        A_fit = sample_rows(A, cut.map_shape, int(fit_rows), seed)
+        A = ChannelRows(A, cut.map_shape)
+        A_test = ChannelRows(A_test, cut.map_shape) if A_test is not None else None
     if spec.get("n_components") is not None:
         n_components: int | float = int(spec["n_components"])
     elif spec.get("target_share") is not None:
@@ -183,27 +196,37 @@ def _fit(run: JobRun, spec: dict[str, Any], teacher: Any, dataset: Any, teacher_
 
     pca = BregmanPCA(transfer, n_components=n_components, device=device, callback=fit_callback, **kwargs)
     run.progress("fit", 0.0)
-    pca.fit(A)
+    pca.fit(A_fit)
     run.progress("export", 0.0, {"divergence": float(pca.divergence_)})
 
     k = int(pca.n_components_)
     layer = pca.export_layer(teacher_sha256=teacher_sha256, layer=str(spec["layer"]), dataset=str(spec["dataset"]))
+    if cut.map_shape is not None:
+        layer = layer.with_layout("channels", cut.map_shape[1:])
     layer.save(out_dir)
     from safetensors.torch import save_file
 
-    def project(acts: Any) -> torch.Tensor:
-        return torch.cat([torch.as_tensor(pca.transform(c)).detach().cpu().float() for c in _chunks(acts)]).contiguous()
+    def project(acts: Any, start: float, width: float) -> torch.Tensor:
+        # every position is projected (never subsampled); channels coefficients are saved as maps
+        parts, done, total = [], 0, max(1, int(acts.shape[0]))
+        for c in _chunks(acts):
+            coef = torch.as_tensor(pca.transform(c)).detach().cpu().float()
+            parts.append(map_of_rows(coef, cut.map_shape[1:]) if cut.map_shape is not None else coef)
+            done += int(c.shape[0])
+            run.progress("export", start + width * done / total)
+        return torch.cat(parts).contiguous()
 
-    coeffs = {"train": project(A)}
+    coeffs = {"train": project(A, 0.0, 0.35 if A_test is not None else 0.5)}
     test_div = None
     if A_test is not None and n_test:
-        coeffs["test"] = project(A_test)
-        test_div = sum(float(pca.score(c)) * c.shape[0] for c in _chunks(A_test)) / n_test
+        coeffs["test"] = project(A_test, 0.35, 0.15)
+        rows_test = int(A_test.shape[0])
+        test_div = sum(float(pca.score(c)) * c.shape[0] for c in _chunks(A_test)) / rows_test
     save_file(coeffs, str(out_dir / "coefficients.safetensors"))
     run.progress("export", 0.5)
 
     ks = _curve_ks(k)
-    A_curve = _head_rows(A, CURVE_ROWS)
+    A_curve = _head_rows(A_fit, CURVE_ROWS)
     curve_rows = int(A_curve.shape[0])
     curves = _divergence_curves(run, A_curve, pca.transfer_, ks, {**kwargs, "device": device})
     report = {
@@ -218,6 +241,8 @@ def _fit(run: JobRun, spec: dict[str, Any], teacher: Any, dataset: Any, teacher_
         "n_test": n_test,
         "n_components": k,
         "target_share": spec.get("target_share"),  # marked on explained_divergence.png
+        "layout": cut.layout,
+        "fit_rows": int(A_fit.shape[0]),
         "k": ks,
         **curves,
         "curve_rows": curve_rows,
@@ -252,5 +277,6 @@ def _fit(run: JobRun, spec: dict[str, Any], teacher: Any, dataset: Any, teacher_
         "transfer": report["transfer"],
         "converged": report["converged"],
         "warnings": report["warnings"],
+        "layout": cut.layout,
     }
     return metrics, pca

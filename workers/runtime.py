@@ -64,6 +64,26 @@ def _jsonable(metrics: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def estimate_eta(elapsed: float, overall: float, phase_elapsed: float, phase_from: float,
+                 phase_to: float | None) -> float | None:
+    """Seconds left: the rest of the current phase at that phase's own rate so far, then the
+    phases after it at the job's average rate.
+
+    Phases run at very different rates (a capture, a fit, epochs), so extrapolating the job's
+    average alone is wrong by the ratio of the rates; within one phase the rate is steady (a
+    teacher pass over batches, epochs of the same size). ``phase_from`` / ``phase_to`` are the
+    overall fractions where the current phase starts and ends (``phase_to`` None: unknown).
+    """
+    if overall <= 0.01 or elapsed <= 0:
+        return None
+    average = elapsed / overall  # seconds per unit of overall fraction
+    if phase_to is None or phase_to <= phase_from:
+        return average * (1.0 - overall)
+    done = overall - phase_from
+    rate = phase_elapsed / done if done > 0.05 * (phase_to - phase_from) and phase_elapsed > 0.2 else average
+    return max(0.0, phase_to - overall) * rate + max(0.0, 1.0 - phase_to) * average
+
+
 class JobRun:
     """One attempt of a job; use as a context manager around the work.
 
@@ -187,20 +207,35 @@ class JobRun:
                     self.cancelled = True
                     raise JobCancelled()
 
-    def progress(self, phase: str, fraction: float, metrics: dict[str, Any] | None = None) -> None:
-        """The library's progress callback."""
+    def progress(self, phase: str, fraction: float, metrics: dict[str, Any] | None = None,
+                 span: tuple[float, float] | None = None) -> None:
+        """The library's progress callback.
+
+        ``span``: the overall fractions where this phase starts and ends, when ``fraction`` is
+        already overall (jobs without fixed phase weights); it lets the time left follow the
+        phase's own rate (:func:`estimate_eta`).
+        """
         if metrics:
             self.metrics.update(_jsonable(metrics))
+        overall = self.overall(phase, fraction)
+        now = time.monotonic()
         new_phase = phase != getattr(self, "_last_phase", None)
         if new_phase:
             self._last_phase = phase
-            logger.info("job %s: phase %s at %.2f s", self.job_id, phase, time.monotonic() - self.started)
-        overall = self.overall(phase, fraction)
-        now = time.monotonic()
+            base = phase.split(":", 1)[0]
+            if span is not None:
+                self._phase_span = (float(span[0]), float(span[1]))
+            elif base in self._phase_offsets:
+                start, width = self._phase_offsets[base]
+                self._phase_span = (start, start + width)
+            else:
+                self._phase_span = (overall, None)
+            self._phase_t0 = now
+            logger.info("job %s: phase %s at %.2f s", self.job_id, phase, now - self.started)
         if new_phase or now - self._last_write >= 0.5 or fraction >= 1.0:
             self._last_write = now
             elapsed = now - self.started
-            eta = elapsed * (1 - overall) / overall if overall > 0.01 else None
+            eta = estimate_eta(elapsed, overall, now - self._phase_t0, *self._phase_span)
             with self.factory() as db:
                 if jobstate.report_progress(db, self.job_id, self.attempt, fraction=overall, phase=phase,
                                             eta_s=eta, metrics=dict(self.metrics)):

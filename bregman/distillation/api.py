@@ -17,6 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from bregman.distillation.augment import augmented_copies
+from bregman.distillation.image_augment import image_views
 from bregman.distillation.cut import Cut, resolve_cut
 from bregman.distillation.evaluate import cost_metrics, parameter_count, quality_metrics
 from bregman.distillation.methods import (
@@ -104,6 +105,7 @@ class DistillResult:
             "arch": self.student_manifest["arch"],
             "args": self.student_manifest["args"],
             "flatten_input": bool(self.student_manifest.get("flatten_input", False)),
+            **({"map_head": self.student_manifest["map_head"]} if self.student_manifest.get("map_head") else {}),
             "method": self.method,
             "k": self.k,
             "layer": self.layer,
@@ -318,7 +320,10 @@ def distill(
         ``coefficient_weight`` (1.0), ``divergence_weight`` (0.0), ``label_weight`` (0.0),
         ``coefficient_scaling`` ("none"), ``coefficient_loss`` ("squared"),
         ``augment_copies`` (0: teacher-labelled copies of each row for tiny transfer sets; the
-        default budget counts them), ``augment_noise`` (0.3), ``augment`` ("noise" or "mixup").
+        default budget counts them), ``augment_noise`` (0.3), ``augment`` ("noise" or "mixup"),
+        ``augment_views`` / ``augment_padding`` / ``augment_flip`` (image views, 0 / 4 / True),
+        ``layout`` ("auto", "flat" or "channels" for a conv map) and ``fit_rows`` (channels:
+        rows sampled for the fit).
     transfer : {"auto", "listed", "softmax"}, default "auto"
         At the teacher's output layer, ``"auto"`` uses the softmax transfer (the paper's choice;
         the head becomes ``log``); elsewhere the layer's listed transfer.
@@ -394,7 +399,8 @@ class _Problem:
 
 
 def _prepare(teacher: Any, data: Any, test: Any, layer: str | None, method: str, transfer: str | None,
-             settings: TrainSettings, seed: int, cache: TargetCache | None, device: Any) -> _Problem:
+             settings: TrainSettings, seed: int, cache: TargetCache | None, device: Any,
+             student: dict[str, Any] | None = None) -> _Problem:
     """Check the inputs, add the copies, cut the teacher and compute its targets once."""
     graph_source, teacher_module, input_shape = _teacher_parts(teacher)
     x, y = _split_data(data, "data")
@@ -414,9 +420,13 @@ def _prepare(teacher: Any, data: Any, test: Any, layer: str | None, method: str,
     n_rows = int(x.shape[0])
     # before the budget: it counts the copies
     x, y = augmented_copies(x, y, settings.augment, settings.augment_copies, settings.augment_noise, seed)
+    x, y = image_views(x, y, settings.augment_views, settings.augment_padding, settings.augment_flip, seed)
     dev = torch.device(device) if device is not None else default_device(teacher_module)
     example = x[:2].to(default_device(teacher_module))
-    cut: Cut = resolve_cut(graph_source, layer, example, transfer)
+    layout = settings.layout
+    if layout in (None, "auto") and (student or {}).get("arch", "mlp") == "mlp":
+        layout = "flat"  # an mlp student cannot predict a coefficient map
+    cut: Cut = resolve_cut(graph_source, layer, example, transfer, layout)
     cut.body.to(dev)
     cut.head.to(dev)
     if cache is not None:
@@ -456,7 +466,7 @@ def _distill_one(teacher: Any, data: Any, layer: str | None, method: str, studen
     n_components = _check_n_components(n_components)
     report = progress or (lambda phase, fraction, metrics: None)
     report("targets", 0.0, {})
-    prob = _prepare(teacher, data, test, layer, method, transfer, settings, seed, cache, device)
+    prob = _prepare(teacher, data, test, layer, method, transfer, settings, seed, cache, device, student)
     x, y, cut, dev = prob.x, prob.y, prob.cut, prob.device
     settings = settings.with_budget(int(x.shape[0]))
     losses = settings.loss_settings()
@@ -469,20 +479,29 @@ def _distill_one(teacher: Any, data: Any, layer: str | None, method: str, studen
     if method == "bregman":
         report("representation", 0.0, {})
         exported, coef_source = _fit_or_check_representation(
-            representation, prob.targets, cut, n_components, seed, pca_options, cache, x)
-        coef_targets = coefficients(prob.targets, coef_source)
+            representation, prob.targets, cut, n_components, seed, pca_options, cache, x, settings.fit_rows)
+        report("representation", 0.8, {})
+        coef_targets = coefficients(prob.targets, coef_source, cut.map_shape)
         rep_metrics = _representation_metrics(coef_source, exported)
         report("representation", 1.0, dict(rep_metrics))
 
     # --- the student and its deployed pipeline ---------------------------------------------------
     k = int(exported.k) if exported is not None else None
     width = student_width(method, num_outputs=prob.num_outputs, d=cut.d, k=k)
-    student_module, student_manifest = build_student(student, prob.input_shape, width, seed=seed, device=dev)
+    map_head = None
+    if cut.map_shape is not None and method in LAYER_METHODS:  # the channels layout: a map student
+        # bregman predicts the k-channel coefficient map; hint the layer's map, flattened as the head reads it
+        map_head = {"channels": width, "size": list(cut.map_shape[1:]), "flatten": method == "hint"}
+    student_module, student_manifest = build_student(student, prob.input_shape, width, seed=seed, device=dev,
+                                                     map_head=map_head)
+    head = frozen_copy(cut.head).to(dev)
     if method == "bregman":
         frozen_layer = frozen_copy(exported).float().to(dev)
-        model = DistilledModel(student_module, frozen_layer, frozen_copy(cut.head).to(dev))
+        if cut.map_shape is not None:  # the layer's (B, C, H, W) map, in the (B, C*H*W) order the head reads
+            head = nn.Sequential(nn.Flatten(), head)
+        model = DistilledModel(student_module, frozen_layer, head)
     elif method == "hint":
-        model = DistilledModel(student_module, TransferLayer(cut.transfer), frozen_copy(cut.head).to(dev))
+        model = DistilledModel(student_module, TransferLayer(cut.transfer), head)
     else:
         model = DistilledModel(student_module, output=nn.Softmax(dim=-1) if prob.probabilities else None)
 
@@ -514,6 +533,7 @@ def _distill_one(teacher: Any, data: Any, layer: str | None, method: str, studen
     metrics.update(rep_metrics)
     metrics.update({"n_transfer": float(prob.n_rows), "n_trained_on": float(x.shape[0]),
                     "epochs": float(settings.epochs), "train_time_s": train_time,
+                    "augment_views": float(settings.augment_views), "layout": cut.layout,
                     "total_time_s": time.perf_counter() - t_start})
     report("evaluate", 1.0, dict(metrics))
 
@@ -543,7 +563,7 @@ def _evaluate(prob: _Problem, model: nn.Module, method: str, coef_source: Any) -
     if method == "bregman":
         # The ceiling of any student of this representation: the teacher's own coefficients
         # of the test inputs through the imported layer and the head.
-        ideal = coefficients(test_targets, coef_source).to(dev)
+        ideal = coefficients(test_targets, coef_source, prob.cut.map_shape).to(dev)
         with torch.no_grad():
             ideal_out = to_logits(model.above_student(ideal))
         metrics.update(quality_metrics(ideal_out, prob.test_y, to_logits(test_targets.outputs),
@@ -569,10 +589,12 @@ def default_components(cut: Cut, n_rows: int) -> int | float:
 def _fit_or_check_representation(representation: Any, targets: TeacherTargets, cut: Cut,
                                   n_components: int | float | None, seed: int,
                                   pca_options: dict[str, Any] | None, cache: TargetCache | None,
-                                  x: Tensor) -> tuple[nn.Module, Any]:
+                                  x: Tensor, fit_rows: int | None = None) -> tuple[nn.Module, Any]:
     """The exported layer and the object whose projections are the targets."""
     if representation is not None:
         exported, source = _representation_parts(representation)
+        if cut.map_shape is not None and getattr(exported, "layout", "flat") != "channels":
+            exported = exported.with_layout("channels", cut.map_shape[1:])
         if int(exported.d) != cut.d:
             raise ValueError(f"the representation has d={exported.d} units but layer {cut.layer!r} has "
                              f"{cut.d}: it was fitted on another layer")
@@ -583,6 +605,11 @@ def _fit_or_check_representation(representation: Any, targets: TeacherTargets, c
     from bregman.pca import BregmanPCA
 
     a = targets.preactivations
+    if cut.map_shape is not None:  # the channels layout: one row per (example, position), maybe subsampled
+        from bregman.layouts import DEFAULT_FIT_ROWS, sample_rows
+
+        fit_rows = DEFAULT_FIT_ROWS if fit_rows is None else int(fit_rows)
+        a = sample_rows(a, cut.map_shape, fit_rows, seed)
     share_or_k = default_components(cut, int(a.shape[0])) if n_components is None else n_components
     options = dict(pca_options or {})
     # float64 where it is cheap: the fit's normalization and projections are then exact to round-off
@@ -591,9 +618,13 @@ def _fit_or_check_representation(representation: Any, targets: TeacherTargets, c
     def fit() -> Any:
         return BregmanPCA(cut.transfer, n_components=share_or_k, random_state=seed, **options).fit(a_fit)
 
-    key = ("bregman_pca", cut.layer, cut.transfer.name, share_or_k, seed, tuple(sorted(options.items())))
+    key = ("bregman_pca", cut.layer, cut.transfer.name, share_or_k, seed, tuple(sorted(options.items())),
+           cut.layout, fit_rows)
     estimator = cache.representation(x, key, fit) if cache is not None else fit()
-    return estimator.export_layer(layer=cut.layer), estimator
+    exported = estimator.export_layer(layer=cut.layer)
+    if cut.map_shape is not None:
+        exported = exported.with_layout("channels", cut.map_shape[1:])
+    return exported, estimator
 
 
 def _representation_metrics(source: Any, exported: nn.Module) -> dict[str, float]:

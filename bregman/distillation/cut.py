@@ -46,10 +46,17 @@ class Cut:
     head: nn.Module
     info: LayerInfo
     output_layer: bool
+    layout: str = "flat"
 
     @property
     def d(self) -> int:
-        return int(self.info.d)
+        """The width of a representation's row: C*H*W (flat) or C (channels)."""
+        return int(self.info.d_of(self.layout)) if self.layout != "flat" else int(self.info.d)
+
+    @property
+    def map_shape(self) -> tuple[int, ...] | None:
+        """(C, H, W) in the channels layout, else None."""
+        return tuple(self.info.output_shape) if self.layout == "channels" else None
 
 
 def _is_identity(head: nn.Module, d: int, device: torch.device) -> bool:
@@ -79,7 +86,8 @@ def default_layer(teacher: Any, example: Tensor) -> str:
     return layers[-1].path
 
 
-def resolve_cut(teacher: Any, layer: str | None, example: Tensor, transfer: str | Transfer | None = "auto") -> Cut:
+def resolve_cut(teacher: Any, layer: str | None, example: Tensor, transfer: str | Transfer | None = "auto",
+                layout: str | None = "flat") -> Cut:
     """Cut ``teacher`` at ``layer`` (default: :func:`default_layer`) with the transfer to use.
 
     Parameters
@@ -92,7 +100,12 @@ def resolve_cut(teacher: Any, layer: str | None, example: Tensor, transfer: str 
     transfer : "auto", None, "listed", "softmax"
         ``"auto"`` / None: softmax at the output layer, else the listed transfer. ``"listed"``:
         always the listed transfer. ``"softmax"``: only valid at the output layer.
+    layout : "flat", "channels", "auto" or None
+        How the layer's map becomes rows (:mod:`bregman.layouts`); ``"auto"`` / None: channels
+        for a conv map with an element-wise transfer, else flat.
     """
+    from bregman.layouts import resolve_layout
+
     layer = default_layer(teacher, example) if layer is None else str(layer)
     split = split_at(teacher, layer, example)
     device = example.device
@@ -106,5 +119,7 @@ def resolve_cut(teacher: Any, layer: str | None, example: Tensor, transfer: str 
         raise ValueError(f"the softmax transfer applies only at the teacher's output layer (its logits); layer "
                          f"{layer!r} is followed by {split.transfer.name!r}: use transfer='auto' or 'listed'")
     if output_layer and choice in ("auto", "softmax"):
-        return Cut(layer, split.body, get_transfer("softmax"), ProbabilitiesToLogits(), split.info, True)
-    return Cut(layer, split.body, split.transfer, split.head, split.info, output_layer)
+        return Cut(layer, split.body, get_transfer("softmax"), ProbabilitiesToLogits(), split.info, True,
+                   resolve_layout(layout, split.info.output_shape, "softmax", layer))
+    return Cut(layer, split.body, split.transfer, split.head, split.info, output_layer,
+               resolve_layout(layout, split.info.output_shape, split.transfer.name, layer))

@@ -179,7 +179,7 @@ def frozen_copy(module: nn.Module) -> nn.Module:
 def reconstruct_preactivation(layer: nn.Module, c: Tensor) -> Tensor:
     """``m + V c``: the imported layer's reconstruction before its transfer function."""
     if hasattr(layer, "preactivation"):
-        return layer.preactivation(c)
+        return layer.preactivation(c).flatten(1)  # a channels layer's (B, C, H, W) map as its (B, C*H*W) rows
     return layer.mean + c @ layer.components
 
 

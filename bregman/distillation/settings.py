@@ -55,6 +55,19 @@ class TrainSettings:
         The noisy copies' noise, in units of the inputs' standard deviation.
     augment : {"noise", "mixup"}, default "noise"
         What a copy is: the row plus Gaussian noise, or a mix of the row with another one.
+    augment_views, augment_padding, augment_flip : int, int, bool; default 0, 4, True
+        Image inputs (N, C, H, W): this many augmented views of every transfer image (random
+        crop after zero padding, horizontal flip), labelled by the teacher once with the rest
+        (:mod:`bregman.distillation.image_augment`).
+    layout : {"auto", "flat", "channels"}, default "auto"
+        How a conv map is represented (:mod:`bregman.layouts`): ``"channels"`` fits one row per
+        position (d = C), exports a 1x1 convolution, and the student (a conv architecture with a
+        1x1 head) predicts a k-channel coefficient map; ``"auto"``: channels for a conv map with
+        an element-wise transfer and a conv student, else flat.
+    fit_rows : int, optional
+        Channels layout: fit on at most this many (example, position) rows, a seeded random
+        choice (default :data:`bregman.layouts.DEFAULT_FIT_ROWS`); coefficients are computed at
+        every position.
     """
 
     epochs: int | None = None
@@ -73,6 +86,11 @@ class TrainSettings:
     augment_copies: int = 0
     augment_noise: float = 0.3
     augment: str = "noise"
+    augment_views: int = 0
+    augment_padding: int = 4
+    augment_flip: bool = True
+    layout: str | None = "auto"
+    fit_rows: int | None = None
 
     def __post_init__(self) -> None:
         self.loss_settings()  # validates the loss weights
@@ -110,7 +128,8 @@ class TrainSettings:
     def record(self, method: str) -> dict[str, Any]:
         """What the manifest and the report keep: the common settings and ``method``'s loss terms."""
         common = {k: v for k, v in asdict(self).items()
-                  if k in ("epochs", "batch_size", "lr", "weight_decay", "optimizer", "schedule", "augment_copies")}
+                  if k in ("epochs", "batch_size", "lr", "weight_decay", "optimizer", "schedule", "augment_copies",
+                           "augment_views", "layout")}
         if self.augment_copies:
             common.update(augment=self.augment, augment_noise=self.augment_noise)
         else:

@@ -76,15 +76,23 @@ def student_args(arch: str, args: dict[str, Any], input_shape: Sequence[int], ou
 
 
 def build_student(spec: dict[str, Any] | None, input_shape: Sequence[int], out_features: int, *,
-                  seed: int = 0, device: torch.device | str | None = None) -> tuple[nn.Module, dict[str, Any]]:
+                  seed: int = 0, device: torch.device | str | None = None,
+                  map_head: dict[str, Any] | None = None) -> tuple[nn.Module, dict[str, Any]]:
     """Build a freshly initialized student (weights seeded by ``seed``).
 
     Returns the module and its manifest ``{"arch": ..., "args": {...}, "flatten_input": bool}``;
-    :func:`student_from_manifest` rebuilds the same module from it.
+    :func:`student_from_manifest` rebuilds the same module from it. ``map_head``
+    (``{"channels": k, "size": [H, W], "flatten": bool}``, the channels layout) makes a conv
+    student predict a map (:mod:`bregman.distillation.map_students`).
     """
     arch, args = normalize_spec(spec)
+    if map_head is not None and arch == "mlp":
+        raise StudentSpecError("the channels layout needs a conv student (cnn, resnet*, wrn*) that predicts a "
+                               "coefficient map; use one of those, or layout 'flat' for an mlp student")
     args = student_args(arch, args, input_shape, out_features)
     manifest = {"arch": arch, "args": args, "flatten_input": arch == "mlp" and len(tuple(input_shape)) > 1}
+    if map_head is not None:
+        manifest["map_head"] = dict(map_head)
     with seeded(seed, device):
         module = student_from_manifest(manifest)
     if device is not None:
@@ -100,4 +108,8 @@ def student_from_manifest(manifest: dict[str, Any]) -> nn.Module:
         raise StudentSpecError(f"cannot build the student: {exc}") from exc
     if manifest.get("flatten_input"):
         module = FlattenInput(module)
+    if manifest.get("map_head"):
+        from bregman.distillation.map_students import map_student
+
+        module = map_student(module, **manifest["map_head"])
     return module

@@ -48,7 +48,8 @@ def fingerprint(x: Tensor) -> str:
     x = x.detach().cpu().contiguous()
     h = hashlib.sha256()
     h.update(f"{tuple(x.shape)}|{x.dtype}".encode())
-    h.update(x.view(torch.uint8).reshape(-1).numpy().tobytes() if x.numel() else b"")
+    if x.numel():  # hashed from the tensor's own buffer: a memory-mapped data set is not copied
+        h.update(memoryview(x.view(torch.uint8).reshape(-1).numpy()))
     return h.hexdigest()
 
 
@@ -75,7 +76,8 @@ def _representation_tensor(representation: Any, name: str) -> Tensor:
 
 @torch.no_grad()
 def compute_targets(x: Tensor, *, cut: Any = None, teacher: nn.Module | None = None, batch_size: int = 512,
-                    device: torch.device | str | None = None) -> TeacherTargets:
+                    device: torch.device | str | None = None,
+                    progress: Callable[[float], None] | None = None) -> TeacherTargets:
     """Run the teacher once over ``x``.
 
     With a ``cut`` (an object with ``body``, ``transfer``, ``head``): the pre-activations from
@@ -96,6 +98,8 @@ def compute_targets(x: Tensor, *, cut: Any = None, teacher: nn.Module | None = N
         else:
             out = teacher(xb)
         outputs.append(out.reshape(out.shape[0], -1).float().cpu())
+        if progress is not None:  # the teacher pass over a large transfer set takes minutes
+            progress(min(1.0, (start + batch_size) / int(x.shape[0])))
     if not outputs:
         raise ValueError("the transfer set is empty: pass at least one example")
     return TeacherTargets(outputs=torch.cat(outputs), preactivations=torch.cat(preacts) if preacts else None)
@@ -144,23 +148,37 @@ class TargetCache:
         return self._representations[k]
 
 
-def coefficients(targets: TeacherTargets, representation: Any) -> Tensor:
+def coefficients(targets: TeacherTargets, representation: Any, map_shape: Any = None) -> Tensor:
     """The teacher's Bregman coefficients (N, k) of the cached pre-activations, memoized.
 
     ``representation`` is a fitted :class:`bregman.pca.BregmanPCA` (its ``transform``) or an
-    :class:`bregman.exported.ExportedLayer` (projected with the same per-row solver).
+    :class:`bregman.exported.ExportedLayer` (projected with the same per-row solver). With
+    ``map_shape`` (C, H, W) (the channels layout) every position is projected and the result is
+    a coefficient map (N, k, H, W); the projection runs over blocks of examples, so its float64
+    work arrays stay bounded whatever N.
     """
     if targets.preactivations is None:
         raise ValueError("these targets hold no pre-activations: compute them with a layer cut")
-    key = representation_key(representation)
+    key = representation_key(representation) + (f"|channels{tuple(map_shape)}" if map_shape is not None else "")
     if key not in targets.coefficients:
-        if hasattr(representation, "transform"):
-            # float64: the per-row Newton solves are then exact to round-off whatever the source
-            c = torch.as_tensor(representation.transform(targets.preactivations.double()))
+        if map_shape is None:
+            targets.coefficients[key] = _project(representation, targets.preactivations).float().cpu()
         else:
-            c = project_onto_layer(representation, targets.preactivations)
-        targets.coefficients[key] = c.float().cpu()
+            from bregman.layouts import map_of_rows, rows_of_map
+
+            a = targets.preactivations
+            block = max(1, (1 << 20) // max(1, int(a.shape[1])))  # about 1 M values per block
+            parts = [map_of_rows(_project(representation, rows_of_map(a[s:s + block], map_shape)).float().cpu(),
+                                 map_shape[1:]) for s in range(0, int(a.shape[0]), block)]
+            targets.coefficients[key] = torch.cat(parts)
     return targets.coefficients[key]
+
+
+def _project(representation: Any, a: Tensor) -> Tensor:
+    if hasattr(representation, "transform"):
+        # float64: the per-row Newton solves are then exact to round-off whatever the source
+        return torch.as_tensor(representation.transform(a.double()))
+    return project_onto_layer(representation, a)
 
 
 @torch.no_grad()

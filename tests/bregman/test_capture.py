@@ -80,3 +80,20 @@ def test_bregman_pca_fits_chunks_like_the_whole_matrix(conv_body):
     b = BregmanPCA(transfer="identity", n_components=3).fit(chunks)
     torch.testing.assert_close(torch.as_tensor(b.mean_), torch.as_tensor(a.mean_), rtol=1e-4, atol=1e-4)
     assert abs(float(b.divergence_) - float(a.divergence_)) <= 1e-3 * max(1.0, abs(float(a.divergence_)))
+
+
+def test_uint8_batches_are_scaled_one_batch_at_a_time(conv_body):
+    x8 = torch.randint(0, 256, (9, 1, 8, 8), dtype=torch.uint8)
+    out = capture_preactivations(conv_body, x8, batch_size=4, scale=1 / 255)
+    torch.testing.assert_close(out, capture_preactivations(conv_body, x8.float() * (1 / 255), batch_size=9))
+    with pytest.raises(ValueError, match="scale"):
+        capture_preactivations(conv_body, x8)
+
+
+def test_channels_capture_needs_the_map_shape(conv_body):
+    from bregman.layouts import LayoutError
+
+    with pytest.raises(LayoutError, match="map_shape"):
+        capture_preactivations(conv_body, torch.randn(2, 1, 8, 8), layout="channels")
+    rows = capture_preactivations(conv_body, torch.randn(3, 1, 8, 8), layout="channels", map_shape=(2, 8, 8))
+    assert rows.shape == (3 * 64, 2)

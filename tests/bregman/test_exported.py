@@ -136,3 +136,13 @@ def test_a_loaded_layer_projects_like_the_estimator(fitted, tmp_path):
     C = project_coefficients(layer.transfer, layer.mean, layer.components, A, ridge=layer.manifest["ridge"])
     # same solver and numbers; only the memory layout of V differs (BLAS round-off)
     torch.testing.assert_close(C, est.transform(A), rtol=0, atol=1e-10)
+
+
+def test_channels_layout_needs_a_spatial_shape_and_an_elementwise_transfer():
+    with pytest.raises(ExportedLayerError, match="spatial_shape"):
+        ExportedLayer(torch.zeros(3), torch.eye(2, 3), "relu", layout="channels")
+    with pytest.raises(ExportedLayerError, match="couples"):
+        ExportedLayer(torch.zeros(3), torch.eye(2, 3), "softmax", layout="channels", spatial_shape=(2, 2))
+    layer = ExportedLayer(torch.zeros(3), torch.eye(2, 3), "relu", layout="channels", spatial_shape=(2, 2))
+    assert layer(torch.ones(5, 2, 2, 2)).shape == (5, 3, 2, 2) and layer.manifest["layout"] == "channels"
+    assert layer.with_layout("flat").manifest.get("spatial_shape") is None

@@ -75,12 +75,15 @@ def test_resnet_taps_are_block_outputs_and_block_insides_are_refused():
     assert not inside.tappable and "not a cut" in inside.reason and "skip" in inside.reason
 
 
-def test_conv_layers_are_represented_flat():
+def test_conv_layers_list_both_layouts_with_channels_the_default():
     model = build_model("cnn", in_channels=1, channels=[3, 4], hidden=5)
     layers = {i.path: i for i in list_layers(model, torch.randn(2, 1, 8, 8))}
     conv = layers["0"]
     assert conv.op == "conv" and conv.output_shape == (3, 8, 8) and conv.d == 192
-    assert conv.representation == "flat" and conv.transfer == "relu"
+    assert conv.representation == "channels" and conv.transfer == "relu"
+    assert conv.layouts == {"flat": 192, "channels": 3} and conv.d_of("channels") == 3
+    logits = layers["8"]  # a flat layer has the flat layout only
+    assert logits.representation == "flat" and logits.layouts == {"flat": 10}
     split = split_at(model, "0", torch.randn(2, 1, 8, 8))
     assert split.body(torch.randn(4, 1, 8, 8)).shape == (4, 192)
 
@@ -212,7 +215,8 @@ def test_layer_info_to_dict_is_json():
     model = build_model("cnn", in_channels=1, channels=[2], hidden=3)
     info = list_layers(model, torch.randn(2, 1, 8, 8))[0]
     doc = json.loads(json.dumps(info.to_dict()))
-    assert doc["output_shape"] == [2, 8, 8] and doc["d"] == 128 and doc["representation"] == "flat"
+    assert doc["output_shape"] == [2, 8, 8] and doc["d"] == 128 and doc["representation"] == "channels"
+    assert doc["layouts"] == {"flat": 128, "channels": 2}
     assert set(doc) >= {"path", "op", "output_shape", "d", "transfer", "transfer_params", "tappable", "reason"}
 
 

@@ -70,3 +70,16 @@ def test_a_step_that_never_calls_back_is_interrupted(job, monkeypatch):
             # one the loop runs out and no JobCancelled is raised (no wall-clock assertion).
             while time.monotonic() - t0 < 60:
                 sum(range(1000))
+
+
+def test_time_left_follows_the_current_phase_rate():
+    from workers.runtime import estimate_eta
+
+    # a fast phase (0 -> 0.2 in 2 s) then a slow one: 10 s for its first tenth (0.2 -> 0.28 of 0.2 -> 1.0)
+    eta = estimate_eta(elapsed=12.0, overall=0.28, phase_elapsed=10.0, phase_from=0.2, phase_to=1.0)
+    assert eta == pytest.approx((1.0 - 0.28) * 10.0 / 0.08)  # 90 s; the job's average would say 30.9 s
+    # phases after the current one go at the job's average rate so far
+    eta = estimate_eta(elapsed=10.0, overall=0.5, phase_elapsed=5.0, phase_from=0.25, phase_to=0.75)
+    assert eta == pytest.approx(0.25 * (5.0 / 0.25) + 0.25 * (10.0 / 0.5))
+    assert estimate_eta(0.0, 0.0, 0.0, 0.0, 1.0) is None
+    assert estimate_eta(10.0, 0.5, 1.0, 0.4, None) == pytest.approx(10.0)
