@@ -563,7 +563,7 @@ def digits_logits() -> torch.Tensor:
     return digits_teacher_logits()
 
 
-@pytest.mark.parametrize("k", [1, 2, 3])
+@pytest.mark.parametrize("k", [1, 2])  # k = 3..9: the table in issue 12's note (55 s for k = 3 alone)
 def test_default_fit_on_digits_logits_reaches_the_best_reference(digits_logits, k):
     """Pinned regression (issue 12): on a digits classifier's peaked logits the PCA start alone
     stopped 27x above the centroid-held fit, with converged_=True."""
