@@ -543,7 +543,7 @@ def _distill_one(teacher: Any, data: Any, layer: str | None, method: str, studen
         layer=cut.layer if uses_layer else None,
         transfer=cut.transfer.to_dict() if uses_layer else None,
         k=k, representation=exported, metrics=metrics, history=history, student_manifest=student_manifest,
-        settings={**settings.record(method), "seed": seed, "n_components": n_components},
+        settings={**settings.record(method), "seed": seed, "n_components": n_components, "layout": cut.layout},
         input_shape=prob.input_shape, outputs_are_probabilities=prob.probabilities,
         example_input=x[:2].detach().cpu(),
     )

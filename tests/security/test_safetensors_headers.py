@@ -88,7 +88,7 @@ def test_a_lying_data_set_header_is_refused_in_the_child_without_allocating(tmp_
     with pytest.raises(SandboxFailure) as err:
         run_in_sandbox("workers.sandbox:inspect_dataset_file", {"path": str(path)}, what="loading the data set",
                        limits=LIMITS)
-    assert err.value.kind == "invalid" and str(err.value).startswith("file: the safetensors file cannot be used")
+    assert err.value.kind == "invalid" and "the safetensors file cannot be used" in str(err.value)
     assert "256000000000 bytes" in str(err.value)
     assert err.value.peak_rss_bytes < 400 * MiB  # an interpreter with torch imported, nothing allocated
 
@@ -99,10 +99,10 @@ def test_data_set_arrays_are_checked_from_the_header_before_reading(tmp_path):
     with pytest.raises(DatasetError, match="unexpected arrays \\['payload', 'x'\\]"):
         load_dataset_file(path)
     np_save_file({"x": np.zeros((4, 2), np.uint8)}, str(path))
-    with pytest.raises(DatasetError, match="x: inputs have dtype U8"):
+    with pytest.raises(DatasetError, match="x: inputs have dtype uint8"):
         load_dataset_file(path)
     np_save_file({"x": np.zeros((4, 2), np.float32), "y": np.zeros((4, 1), np.int64)}, str(path))
-    with pytest.raises(DatasetError, match="y: has dtype I64 and shape \\[4, 1\\]"):
+    with pytest.raises(DatasetError, match="y: has dtype int64 and shape \\[4, 1\\]"):
         load_dataset_file(path)
     np_save_file({"x": np.ones((4, 2), np.float16), "y": np.arange(4), "split": np.array([0, 0, 0, 1])}, str(path))
     ds = load_dataset_file(path)
