@@ -434,9 +434,10 @@ def distill(
     dataset: str = typer.Option("digits", "--dataset", "-d", metavar="DATASET", help=DATASET_HELP),
     arch: str = typer.Option("mlp", "--arch", metavar="NAME", help="Student architecture (model registry name)."),
     hidden: Optional[str] = typer.Option(None, "--hidden", metavar="WIDTHS", help="Student hidden widths, e.g. 64,32."),
-    method: list[str] = typer.Option(["bregman"], "--method", "-m", metavar="METHOD",
+    method: list[str] = typer.Option(["auto"], "--method", "-m", metavar="METHOD",
                                      help=f"{' | '.join(get_args(DistillationMethod))}; repeat to compare; "
-                                          "the first is the student."),
+                                          "the first is the student. auto trains bregman (two k), hint, kd "
+                                          "and labels on a validation split and returns the best."),
     epochs: Optional[int] = typer.Option(None, "--epochs", metavar="N",
                                          help="Training epochs of every method [default: enough for about 1500 "
                                               "optimizer steps, 10 to 300]."),

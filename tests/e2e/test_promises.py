@@ -4,6 +4,7 @@ docker-compose.yml runs, with a pool child killed mid-job."""
 from __future__ import annotations
 
 import os
+import re
 import signal
 import time
 
@@ -76,3 +77,18 @@ def test_prefork_pool_child_killed_mid_job_is_retried(tmp_path, e2e_database_url
             job = wait_until(c, f"/v1/jobs/{job_id}", "state", ("succeeded", "failed", "cancelled"), timeout=400)
             assert job["state"] == "succeeded" and job["attempts"] == 2, job
             assert st.worker_proc.poll() is None and st.worker_pids()[0] == main_pid  # the main process lived on
+
+
+def test_an_unconverged_fit_says_so_in_the_job(client, teacher):
+    """A representation job stopped by its iteration cap succeeds, and its record says the fit did
+    not converge, with the measure and what to try (bregkd jobs show prints metrics.warnings)."""
+    spec = {"kind": "representation", "teacher_id": teacher["id"], "dataset": "digits", "layer": "0",
+            "n_components": 4, "solver": {"max_iter": 1}}
+    job = wait_until(client, f"/v1/jobs/{client.post('/v1/jobs', json=spec).json()['id']}", "state",
+                     ("succeeded", "failed", "cancelled"))
+    assert job["state"] == "succeeded", job
+    warnings = job["metrics"]["warnings"]
+    assert len(warnings) == 1 and re.search(r"did not converge in \d+ iterations \(relative gradient norm", warnings[0]), warnings
+    assert "max_iter" in warnings[0]  # says what to try
+    report = client.get(f"/v1/jobs/{job['id']}/artifacts/report.json").json()
+    assert report["converged"] is False and report["warnings"] == warnings
