@@ -136,6 +136,40 @@ def solve_spd(H: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
     return x
 
 
+def preconditioned_cg(apply_h: Callable[[torch.Tensor], torch.Tensor], G: torch.Tensor,
+                      precondition: Callable[[torch.Tensor], torch.Tensor], rtol: float) -> tuple[torch.Tensor, bool]:
+    """Inexact Newton direction: preconditioned conjugate gradients on ``H x = −G``.
+
+    Stops when ``‖r‖ ≤ rtol·‖G‖``, at non-positive curvature, when the preconditioned residual
+    loses positivity, or after ``_CG_MAX_ITER`` products. Returns ``(x, curved)``; ``curved`` is
+    False when the very first product already met non-positive curvature (x is then 0, and the
+    caller picks its own fallback). The one CG loop of both direction steps.
+    """
+    x = torch.zeros_like(G)
+    r = -G
+    g_norm = float(G.norm())
+    z = precondition(r)
+    p = z
+    rz = float((r * z).sum())
+    for it in range(_CG_MAX_ITER):
+        Hp = apply_h(p)
+        pHp = float((p * Hp).sum())
+        if not pHp > 0:
+            return x, it > 0
+        alpha = rz / pHp
+        x = x + alpha * p
+        r = r - alpha * Hp
+        if float(r.norm()) <= rtol * g_norm:
+            break
+        z = precondition(r)
+        rz_new = float((r * z).sum())
+        if not rz_new > 0:
+            break
+        p = z + (rz_new / rz) * p
+        rz = rz_new
+    return x, True
+
+
 def hessian_at(transfer: Transfer, m: torch.Tensor, V: torch.Tensor) -> torch.Tensor:
     """``∇²F(m)`` applied to the columns of V: (d, k)."""
     if transfer.elementwise:
@@ -713,32 +747,12 @@ class BregmanSolver:
             return self.tr.remove_gauge(torch.cholesky_solve(r.unsqueeze(-1), L).squeeze(-1).T).T
 
         mu = mu.reshape(-1, 1) if mu.numel() > 1 else mu
-        x = torch.zeros_like(G)
-        r = -G
         g_norm = float(G.norm())
         if g_norm == 0 or not math.isfinite(g_norm):
-            return x
-        z = precondition(r)
-        p = z
-        rz = float((r * z).sum())
+            return torch.zeros_like(G)
         eta = min(0.1, math.sqrt(g_norm / max(getattr(self, "_g0", g_norm), torch.finfo(G.dtype).tiny)))
         self._g0 = max(getattr(self, "_g0", 0.0), g_norm)
-        for _ in range(_CG_MAX_ITER):
-            Hp = self._softmax_hvp(store, m, V, p) + mu * p
-            pHp = float((p * Hp).sum())
-            if not pHp > 0:
-                break
-            alpha = rz / pHp
-            x = x + alpha * p
-            r = r - alpha * Hp
-            if float(r.norm()) <= eta * g_norm:
-                break
-            z = precondition(r)
-            rz_new = float((r * z).sum())
-            if not rz_new > 0:
-                break
-            p = z + (rz_new / rz) * p
-            rz = rz_new
+        x, _ = preconditioned_cg(lambda p: self._softmax_hvp(store, m, V, p) + mu * p, G, precondition, eta)
         self._hvp_cache = None
         if not bool(torch.isfinite(x).all()) or float((G * x).sum()) >= 0:
             return -precondition(G)
@@ -827,29 +841,11 @@ class BregmanSolver:
         g_norm = float(G.norm())
         if g_norm == 0 or not math.isfinite(g_norm):
             return None
-        x = torch.zeros_like(G)
-        r = -G
-        z = precondition(r)
-        p = z
-        rz = float((r * z).sum())
-        for it in range(_CG_MAX_ITER):
-            Hp = self._reduced_hvp(store, m, V, p) + mu * p
-            pHp = float((p * Hp).sum())
-            if not pHp > 0:  # negative curvature: stop (the first iteration: the gradient step)
-                if it == 0:
-                    x = p * (rz / max(float((p * (mu * p)).sum()), float((p * p).sum()) * 1e-12, 1e-300))
-                break
-            alpha = rz / pHp
-            x = x + alpha * p
-            r = r - alpha * Hp
-            if float(r.norm()) <= 0.05 * g_norm:
-                break
-            z = precondition(r)
-            rz_new = float((r * z).sum())
-            if not rz_new > 0:
-                break
-            p = z + (rz_new / rz) * p
-            rz = rz_new
+        x, curved = preconditioned_cg(lambda p: self._reduced_hvp(store, m, V, p) + mu * p, G, precondition, 0.05)
+        if not curved:  # negative curvature at once: the preconditioned gradient step, damped by mu
+            p = precondition(-G)
+            rz = float((-G * p).sum())
+            x = p * (rz / max(float((p * (mu * p)).sum()), float((p * p).sum()) * 1e-12, 1e-300))
         if not tr.elementwise:
             x = tr.remove_gauge(x.T).T
         if not bool(torch.isfinite(x).all()) or float((G * x).sum()) >= 0:
