@@ -34,7 +34,7 @@ def test_files_and_manifest(saved):
     assert manifest["method"] == "bregman" and manifest["k"] == 4 and manifest["layer"] == "2"
     assert manifest["transfer"]["name"] == "relu"
     assert manifest["metrics"]["transfer_agreement"] == pytest.approx(result.metrics["transfer_agreement"])
-    # ONNX: written and checked with onnx.checker (onnxruntime is not a dependency)
+    # ONNX: written and checked with onnx.checker; test_onnx_runs_in_onnxruntime runs it
     assert record["onnx"]["written"] and record["onnx"]["checked"], record["onnx"]
     assert (out / "student.onnx").is_file()
 
@@ -72,3 +72,21 @@ def test_load_student_rebuilds_the_network(saved):
     assert manifest["k"] == 4
     with pytest.raises(ValueError, match="not a saved student"):
         load_student(out / "layer")
+
+
+def test_onnx_runs_in_onnxruntime_and_equals_the_model(saved):
+    """The ONNX student is run, not only checked: onnxruntime's outputs equal the in-process
+    pipeline's on a batch size the export never saw."""
+    import numpy as np
+    import onnxruntime
+
+    result, out, _ = saved
+    x = digits().x_test[:37]
+    session = onnxruntime.InferenceSession(str(out / "student.onnx"), providers=["CPUExecutionProvider"])
+    (name,) = [i.name for i in session.get_inputs()]
+    (got,) = session.run(None, {name: x.numpy().astype(np.float32)})
+    with torch.no_grad():
+        want = result.model(x).numpy()
+    assert got.shape == want.shape
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+    assert (got.argmax(1) == want.argmax(1)).all()
