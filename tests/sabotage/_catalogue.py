@@ -2,7 +2,8 @@
 
 Each break is a small replacement that keeps the program running (no crash that any test would
 notice) but makes the part do nothing, or the wrong thing: exactly the kind of regression a
-suite must catch. The guards are the test files that must then fail.
+suite must catch. The guards are the tests (files or single tests, named so that the harness
+stays short) that must then fail.
 """
 from __future__ import annotations
 
@@ -103,13 +104,16 @@ def _pickle_refusal() -> None:
 SABOTAGES: dict[str, Sabotage] = {
     "direction_step": Sabotage(
         "the (m, V) direction step and the extrapolation (no-ops)", _direction_step,
-        ("tests/bregman/test_pca.py",)),
+        ("tests/bregman/test_pca.py::test_transform_reproduces_the_fit_coefficients",
+         "tests/bregman/test_pca.py::test_default_fit_on_digits_logits_reaches_the_best_reference",
+         "tests/bregman/test_pca.py::test_default_fit_on_digits_logits_converges_within_the_default_max_iter",
+         "tests/bregman/test_pca.py::test_extrapolation_takes_a_move_that_lowers_the_objective_and_refuses_one_that_does_not")),
     "coefficient_step": Sabotage(
         "the coefficient step (coefficients never leave their start)", _coefficient_step,
-        ("tests/bregman/test_pca.py",)),
+        ("tests/bregman/test_pca.py::test_joint_fit_is_never_worse_than_euclidean_pca", "tests/bregman/test_pca.py::test_transform_reproduces_the_fit_coefficients")),
     "normalization": Sabotage(
         "the normalization Vᵀ∇²F(m)V = I (identity)", _normalization,
-        ("tests/bregman/test_pca.py", "tests/bregman/test_exported.py")),
+        ("tests/bregman/test_pca.py::test_components_are_normalized_in_the_local_geometry", "tests/bregman/test_exported.py")),
     "divergence": Sabotage(
         "the sigmoid's divergence (squared error instead)", _divergence,
         ("tests/bregman/test_transfers.py",)),
@@ -121,5 +125,6 @@ SABOTAGES: dict[str, Sabotage] = {
         ("tests/security/test_pt2_members.py",)),
     "pickle_refusal": Sabotage(
         "the pickle refusal of the upload sniffer", _pickle_refusal,
-        ("tests/service/test_sniff.py", "tests/bregman/test_teachers.py")),
+        ("tests/service/test_sniff.py::test_pickle_refused",
+         "tests/bregman/test_teachers.py::test_plain_pickle_with_payload_is_refused_and_payload_never_runs")),
 }
