@@ -90,6 +90,24 @@ class ThrowawayPostgres:
         shutil.rmtree(self.root, ignore_errors=True)
 
 
+def own_database(url: str | None, name: str) -> str | None:
+    """A new, empty database on the server of ``url`` for a stack of its own (None stays None:
+    SQLite in that stack's data dir). Two stacks must never share records: one stack's recovery
+    sweep would re-send the other's jobs to its own worker, which has neither their queue nor
+    their blobs."""
+    if url is None:
+        return None
+    import uuid
+
+    from sqlalchemy.engine import make_url
+
+    u = make_url(url)
+    database = f"{name}_{uuid.uuid4().hex[:8]}"
+    subprocess.run([str(PG_BIN / "createdb"), "-h", str(u.host), "-p", str(u.port), "-U", str(u.username), database],
+                   check=True, capture_output=True)
+    return u.set(database=database).render_as_string(hide_password=False)
+
+
 @pytest.fixture(scope="session")
 def e2e_database_url() -> Iterator[str | None]:
     if os.environ.get("BREGKD_TEST_DATABASE", "").lower() in ("postgresql", "postgres"):

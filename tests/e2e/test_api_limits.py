@@ -20,6 +20,7 @@ import pytest
 from service.errors import STORAGE_FULL
 from service.stack import EmbeddedStack, stop_process
 from tests.e2e._helpers import upload_teacher, wait_until
+from tests.e2e.conftest import own_database
 
 pytestmark = pytest.mark.e2e
 
@@ -44,7 +45,9 @@ GIVE_UP_S = 20
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory, e2e_database_url: str | None) -> Iterator[EmbeddedStack]:
-    with EmbeddedStack(tmp_path_factory.mktemp("limits"), database_url=e2e_database_url, env=LIMITS_ENV) as st:
+    # records of its own, never the main stack's (see own_database)
+    with EmbeddedStack(tmp_path_factory.mktemp("limits"), database_url=own_database(e2e_database_url, "limits"),
+                       env=LIMITS_ENV) as st:
         yield st
 
 

@@ -53,12 +53,12 @@ def test_wait_polls_when_the_event_stream_breaks(stack, client, teacher, monkeyp
 def test_prefork_pool_child_killed_mid_job_is_retried(tmp_path, e2e_database_url):
     """docker-compose runs ``--pool prefork``: a pool child killed with SIGKILL mid-job makes Celery
     reject the task (acks late, reject on worker lost); the job is retried on a new child and
-    succeeds, and the worker's main process lives on."""
+    succeeds, and the worker's main process lives on. (Its records are its own: see own_database.)"""
     from service.stack import EmbeddedStack
-    from tests.e2e.conftest import E2E_ENV
+    from tests.e2e.conftest import E2E_ENV, own_database
     from tests.e2e._teachers import save_pt2, train_digits_mlp
 
-    with EmbeddedStack(tmp_path / "prefork", database_url=e2e_database_url, env=E2E_ENV,
+    with EmbeddedStack(tmp_path / "prefork", database_url=own_database(e2e_database_url, "prefork"), env=E2E_ENV,
                        worker_concurrency=2, worker_pool="prefork") as st:
         key = st.create_api_key("prefork")
         with httpx.Client(base_url=st.api_url, headers={"Authorization": f"Bearer {key}"}, timeout=60) as c:
