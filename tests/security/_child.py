@@ -20,6 +20,8 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from workers.sandbox import vm_hwm
+
 Call = tuple[str, tuple, dict]
 
 
@@ -29,14 +31,6 @@ class ChildResult:
     error_type: str | None
     error: str | None
     value: str | None
-
-
-def vm_hwm() -> int:
-    """This process's peak resident memory since its exec, from /proc/self/status (KiB there)."""
-    for line in open("/proc/self/status").read().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) * 1024
-    raise RuntimeError("no VmHWM in /proc/self/status")
 
 
 def _target(calls: list[Call], queue: Any) -> None:
@@ -52,7 +46,9 @@ def _target(calls: list[Call], queue: Any) -> None:
             value = repr(fn(*args, **kwargs))[:200]
         except BaseException as exc:  # report every outcome, MemoryError included
             error_type, error = type(exc).__name__, str(exc)
-        peak = vm_hwm()
+        peak = vm_hwm()  # the one VmHWM reader (workers.sandbox); 0 would mean /proc cannot tell
+        if peak <= 0:
+            raise RuntimeError("no VmHWM in /proc/self/status: the child's peak memory cannot be measured")
         results.append(ChildResult(peak, error_type, error, value))
     queue.put(results)
 
