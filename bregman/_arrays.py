@@ -15,8 +15,11 @@ import torch
 
 __all__ = ["InputValidationError", "to_tensor_2d", "RowSource", "working_dtype", "output_like"]
 
-#: Work-block size (rows × width) for in-memory data: big blocks keep kernels efficient.
-_DEFAULT_BLOCK_ELEMENTS = 1 << 23
+#: Work-block size (rows × width) for in-memory data. The fit's element-wise passes (the
+#: divergence, f, the Hessian diagonal; a dozen per Newton step) dominate its time, and on
+#: blocks that stay in cache and reuse freed memory they run 1.5x faster than on 2^23-element
+#: blocks (fit_speed workload d, one thread: 18.1 s against 27.0 s; 2^18: 18.8 s).
+_DEFAULT_BLOCK_ELEMENTS = 1 << 20
 #: Work-block size for streamed data (chunks, memmaps). The solver keeps a dozen or so
 #: block-sized temporaries alive, so this, not the chunk size, sets the fit's memory; at
 #: 2^19 elements (≈ 500 rows of a 512-wide layer) a chunked fit measured no slower.
