@@ -314,6 +314,10 @@ def _run_cell(task_name: str, fraction: float, variant: dict[str, Any], grid: li
     w = _WORKER
     task, pool, val = w["tasks"][task_name], w["pool"][task_name], w["val"][task_name]
     x_val, y_val = task.x_train[val], task.y_train[val]
+    n = int(subset(pool, fraction, 0).numel())
+    if isinstance(variant.get("k"), int) and variant["k"] >= n:  # a fit needs more rows than directions
+        return {"skipped": f"k={variant['k']} needs more than {n} rows", "n": n, "runs": [], "k": [],
+                "config": grid[0], "mean": None, "std": None, "student_parameters": None}
     t0 = time.perf_counter()
     best, best_score, tuning = grid[0], -1.0, []
     if len(grid) > 1:
@@ -356,8 +360,12 @@ def _cells(executor: Any, jobs: list[tuple[str, float, dict[str, Any]]], args: a
 def verdict_of(chosen: dict[str, dict[str, Any]], task: str, fractions: list[float], names: list[dict[str, Any]],
                teacher_acc: float) -> dict[str, Any]:
     """The task's verdict: best bregman vs the best of labels/kd/hint; auto vs the best single method."""
-    def mean(name: str, f: float) -> float:
-        return chosen[f"{task}|{name}|{f}"]["mean"]
+    def mean(name: str, f: float) -> float | None:
+        return chosen[f"{task}|{name}|{f}"]["mean"]  # None: the cell was skipped
+
+    def best(group: list[str], f: float) -> tuple[float, str] | None:
+        done = [(mean(n, f), n) for n in group if mean(n, f) is not None]
+        return max(done) if done else None
 
     base = [v["name"] for v in names if v["method"] in BASELINES]
     breg = [v["name"] for v in names if v["method"] == "bregman"]
@@ -365,17 +373,18 @@ def verdict_of(chosen: dict[str, dict[str, Any]], task: str, fractions: list[flo
     per_fraction = []
     for f in fractions:
         row: dict[str, Any] = {"fraction": f}
-        if base:
-            b_acc, b_name = max((mean(n, f), n) for n in base)
+        b, r, s1 = best(base, f), best(breg, f), best(single, f)
+        if b:
+            b_acc, b_name = b
             row.update(best_baseline=b_name, baseline_acc=b_acc, headroom_points=100 * (teacher_acc - b_acc))
-        if breg:
-            r_acc, r_name = max((mean(n, f), n) for n in breg)
+        if r:
+            r_acc, r_name = r
             row.update(best_bregman=r_name, bregman_acc=r_acc,
                        bregman_ceiling=chosen[f"{task}|{r_name}|{f}"].get("ceiling"))
-            if base:
+            if b:
                 row["gap_points"] = 100 * (r_acc - b_acc)
-        if any(v["method"] == "auto" for v in names) and single:
-            s_acc, s_name = max((mean(n, f), n) for n in single)
+        if any(v["method"] == "auto" for v in names) and s1 and mean("auto", f) is not None:
+            s_acc, s_name = s1
             row.update(best_single=s_name, single_acc=s_acc, auto_acc=mean("auto", f),
                        auto_gap_points=100 * (mean("auto", f) - s_acc))
         per_fraction.append(row)
@@ -481,6 +490,10 @@ def main(argv: list[str] | None = None) -> int:
             for seed, r in enumerate(cell.pop("runs")):
                 raw.append({"task": task, "variant": variant["name"], "fraction": fraction, "seed": seed, **r})
             chosen[key] = cell
+            if cell.get("skipped"):
+                print(f"[{time.perf_counter() - t_start:7.1f}s] {task:<11} f={fraction:<5} {variant['name']:<24} "
+                      f"skipped: {cell['skipped']}", flush=True)
+                continue
             ceiling = f", ceiling {100 * cell['ceiling']:.2f}" if "ceiling" in cell else ""
             best = cell["config"]
             print(f"[{time.perf_counter() - t_start:7.1f}s] {task:<11} f={fraction:<5} {variant['name']:<24} "
@@ -498,12 +511,13 @@ def main(argv: list[str] | None = None) -> int:
                                                   for f in args.fractions]
         rows, ceilings = [], []
         for variant in all_variants:
-            c0 = chosen[f"{task}|{variant['name']}|{args.fractions[0]}"]
-            row: dict[str, Any] = {"method": variant["name"], "student params": int(c0["student_parameters"])}
+            done = [c for c in (chosen[f"{task}|{variant['name']}|{f}"] for f in args.fractions) if not c.get("skipped")]
+            params = int(done[0]["student_parameters"]) if done else "-"
+            row: dict[str, Any] = {"method": variant["name"], "student params": params}
             ceiling_row: dict[str, Any] = {"method": variant["name"], "student params": row["student params"]}
             for f, col in zip(args.fractions, columns[2:]):
                 c = chosen[f"{task}|{variant['name']}|{f}"]
-                row[col] = f"{100 * c['mean']:.2f} ± {100 * c['std']:.2f}"
+                row[col] = "-" if c.get("skipped") else f"{100 * c['mean']:.2f} ± {100 * c['std']:.2f}"
                 if "ceiling" in c:
                     ceiling_row[col] = f"{100 * c['ceiling']:.2f}"
             rows.append(row)

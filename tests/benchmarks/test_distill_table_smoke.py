@@ -61,3 +61,20 @@ def test_augmented_copies_are_shifted_noisy_images_with_their_labels() -> None:
                 errors.append(float((copy - moved).std()))
         assert min(errors) < 0.06 * 16 < max(errors)
     assert torch.equal(augmented(x, y, 4, seed=3)[0], xa)  # deterministic per seed
+
+
+def test_a_cell_whose_k_exceeds_its_rows_is_skipped_and_left_out_of_the_verdict() -> None:
+    """digits-hard at 1 % has 12 rows: "bregman k=16" cannot be fitted there (it crashed the
+    whole table once); the cell is skipped and the verdict compares what was run."""
+    from benchmarks.distill_table import verdict_of
+
+    names = [{"name": "kd", "method": "kd"}, {"name": "bregman", "method": "bregman"},
+             {"name": "bregman k=16", "method": "bregman"}]
+    chosen = {"t|kd|0.01": {"mean": 0.30}, "t|bregman|0.01": {"mean": 0.32},
+              "t|bregman k=16|0.01": {"skipped": "k=16 needs more than 12 rows", "mean": None}}
+    v = verdict_of(chosen, "t", [0.01], names, teacher_acc=0.8)
+    (row,) = v["per_fraction"]
+    assert row["best_bregman"] == "bregman" and abs(row["gap_points"] - 2.0) < 1e-9
+    chosen["t|bregman|0.01"] = {"skipped": "k=16 needs more than 12 rows", "mean": None}
+    (row,) = verdict_of(chosen, "t", [0.01], names, teacher_acc=0.8)["per_fraction"]
+    assert "gap_points" not in row and row["best_baseline"] == "kd"

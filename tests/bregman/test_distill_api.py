@@ -231,3 +231,23 @@ def test_augmented_copies_are_labelled_by_the_teacher_once():
     assert result.settings["augment_copies"] == 5 and result.settings["augment_noise"] == 0.3
     with pytest.raises(ValueError, match="augment_copies"):
         distill(digits_teacher_wrapped(), (x, y), method="kd", augment_copies=-2)
+
+
+def test_the_default_k_at_an_element_wise_layer_is_capped_by_the_rows(monkeypatch):
+    """The share rule's k, at most max(16, n // 4) for n transfer rows (the quality benchmark:
+    more coefficients than the rows can teach lost up to 6 points)."""
+    from bregman.distillation import api
+
+    assert api.default_k_cap(40) == 16 and api.default_k_cap(200) == 50
+    x, y = transfer_subset(40)
+    monkeypatch.setattr(api, "DEFAULT_ROWS_PER_K", None)
+    free = distill(digits_teacher_wrapped(), (x, y), method="bregman", epochs=1, measure_latency=False)
+    assert free.k > 4 and free.metrics["explained_divergence"] >= 0.999  # the rule alone (k = 9 here)
+    # digits' layer needs only 9 directions, below the default cap of 16: a tighter cap shows it acting
+    monkeypatch.setattr(api, "DEFAULT_ROWS_PER_K", 10)
+    monkeypatch.setattr(api, "DEFAULT_K_FLOOR", 4)
+    capped = distill(digits_teacher_wrapped(), (x, y), method="bregman", epochs=1, measure_latency=False)
+    assert capped.k == 4 and capped.metrics["explained_divergence"] < 0.999
+    given = distill(digits_teacher_wrapped(), (x, y), method="bregman", n_components=6, epochs=1,
+                    measure_latency=False)
+    assert given.k == 6  # a k the user asks for is never capped
