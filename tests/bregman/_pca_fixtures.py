@@ -4,6 +4,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from benchmarks.fit_optimum import digits_teacher_logits  # noqa: F401  (one home: the benchmark's)
+
 ALL_TRANSFERS = ("identity", "leaky_relu", "relu", "sigmoid", "tanh", "softmax")
 NONLINEAR_TRANSFERS = ALL_TRANSFERS[1:]
 
@@ -46,24 +48,6 @@ def single_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
-
-
-def digits_teacher_logits(rows_every: int = 6, seed: int = 0) -> torch.Tensor:
-    """Peaked 10-class logits of a small seeded teacher trained on scikit-learn's ``digits``.
-
-    A multinomial logistic regression (C = 50, so most softmax rows are peaked to 0.998 and
-    above, some one-hot to 1e-6) fitted on every ``rows_every``-th image; its logits on those
-    images (float64). On such logits the PCA start alone used to stop 27x above the
-    centroid-held fit (issue 12)."""
-    import numpy as np
-    from sklearn.datasets import load_digits
-    from sklearn.linear_model import LogisticRegression
-
-    bunch = load_digits()
-    X = bunch.data[::rows_every] / 16.0
-    y = bunch.target[::rows_every]
-    model = LogisticRegression(C=50.0, max_iter=300, random_state=seed).fit(X, y)
-    return torch.as_tensor(np.asarray(model.decision_function(X), dtype=np.float64))
 
 
 def check_fit_invariants(est) -> None:

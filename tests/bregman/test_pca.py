@@ -525,24 +525,9 @@ def test_fit_accepts_tensors_that_require_grad(name):
 
 # --- globalization: the default fit reaches the best of independent references (issue 12) ----
 def _random_start_fits(A: torch.Tensor, name: str, k: int, starts: int = 5, seed: int = 0) -> list[float]:
-    """Joint fits from random (mean, directions), run to a tight tolerance: references that
-    share no start with the default fit."""
-    from bregman._arrays import RowSource
-    from bregman._pca_solver import BregmanSolver, SolverOptions, moments
+    from benchmarks.fit_optimum import random_start_fits
 
-    tr = get_transfer(name)
-    src = RowSource(A)
-    mom = moments(src, tr)
-    g = torch.Generator().manual_seed(seed)
-    spread = A.std(0).clamp_min(1e-3)
-    out = []
-    for _ in range(starts):
-        m = tr.remove_gauge(mom.mean + spread * torch.randn(A.shape[1], generator=g, dtype=A.dtype))
-        V = tr.remove_gauge(torch.randn(k, A.shape[1], generator=g, dtype=A.dtype)).T
-        opts = SolverOptions(ridge=1e-7, max_iter=150, tol=1e-10, newton_steps=5, polish_steps=50, joint_mean=True,
-                             callback=None, generator=torch.Generator().manual_seed(0))
-        out.append(BregmanSolver(src, tr, k, opts).run(mom, init=(m, V)).divergence)
-    return out
+    return random_start_fits(A, name, k, starts=starts, seed=seed)
 
 
 def _assert_default_reaches_the_references(A: torch.Tensor, name: str, k: int, random_starts: int = 5) -> BregmanPCA:
