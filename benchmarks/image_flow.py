@@ -254,7 +254,10 @@ def part_quality(args: argparse.Namespace) -> list[dict]:
                     row = {"fraction": fraction, "n": n, "seed": seed, "student": sname, "method": method,
                            "layout": layout if method in ("bregman", "hint") else "", "epochs": epochs,
                            "test_accuracy": r.metrics["test_accuracy"], "teacher": r.metrics["test_teacher_accuracy"],
-                           "time_s": time.perf_counter() - t0}
+                           "time_s": time.perf_counter() - t0,
+                           # the training loss at half and at the end of the budget: converged when they are close
+                           "loss_half": r.history["loss"][len(r.history["loss"]) // 2 - 1],
+                           "loss_end": r.history["loss"][-1]}
                     if method == "bregman":
                         row["ceiling"] = r.metrics.get("test_representation_accuracy")
                     print(row, flush=True)
@@ -280,7 +283,9 @@ def summarize(rows: list[dict]) -> list[dict]:
         out.append({"fraction": fraction, "n": rs[0]["n"], "student": student, "method": method, "layout": layout,
                     "seeds": len(rs), "mean": statistics.mean(accs),
                     "std": statistics.stdev(accs) if len(accs) > 1 else 0.0,
-                    "teacher": rs[0]["teacher"], "time_s": statistics.mean(r["time_s"] for r in rs)})
+                    "teacher": rs[0]["teacher"], "time_s": statistics.mean(r["time_s"] for r in rs),
+                    **({"loss_half": statistics.mean(r["loss_half"] for r in rs),
+                        "loss_end": statistics.mean(r["loss_end"] for r in rs)} if "loss_end" in rs[0] else {})})
     return out
 
 
