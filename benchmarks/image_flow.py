@@ -199,9 +199,13 @@ def speed_row(args: argparse.Namespace) -> dict:
 
 def part_speed(args: argparse.Namespace) -> list[dict]:
     rows = []
-    plan = [("representation", "channels", n) for n in args.sizes] + [("representation", "flat", args.flat_n)]
-    plan += [("distillation", "channels", n) for n in args.distill_sizes]
-    plan += [("distillation", "flat", args.flat_n)]
+    plan = []
+    if "representation" in args.speed_jobs:
+        plan += [("representation", "channels", n) for n in args.sizes]
+        plan += [("representation", "flat", args.flat_n)] if args.flat_n else []
+    if "distillation" in args.speed_jobs:
+        plan += [("distillation", "channels", n) for n in args.distill_sizes]
+        plan += [("distillation", "flat", args.flat_n)] if args.flat_n else []
     for job, layout, n in plan:
         dataset_file(n)
         cmd = [sys.executable, __file__, "--speed-row", "--job", job, "--layout", layout, "--n", str(n),
@@ -340,7 +344,7 @@ def part_augment(args: argparse.Namespace) -> list[dict]:
         def online_loss(m, batch):
             xb = crop_flip(batch[0], 4, True, g)
             with torch.no_grad():
-                t = compute_targets(xb, cut=cut)
+                t = compute_targets(xb, cut=cut, hold_preactivations=True)  # one body pass per batch
                 c = coefficients(t, est_layer, cut.map_shape)
             return coefficient_loss(m(xb), c), {}
 
@@ -359,7 +363,9 @@ def main() -> None:
     ap.add_argument("--part", nargs="+", default=["speed", "quality", "augment"], choices=["speed", "quality", "augment"])
     ap.add_argument("--sizes", nargs="+", type=int, default=[10000, 50000])
     ap.add_argument("--distill-sizes", nargs="+", type=int, default=[10000])
-    ap.add_argument("--flat-n", type=int, default=500)
+    ap.add_argument("--flat-n", type=int, default=500, help="images of the flat speed rows (0: no flat rows)")
+    ap.add_argument("--speed-jobs", nargs="+", default=["representation", "distillation"],
+                    choices=["representation", "distillation"], help="which speed rows to run")
     ap.add_argument("--pool", type=int, default=10000, help="training images the fractions are taken of")
     ap.add_argument("--fractions", nargs="+", type=float, default=[0.02, 0.1])
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
