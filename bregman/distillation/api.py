@@ -470,6 +470,9 @@ def _distill_one(teacher: Any, data: Any, layer: str | None, method: str, studen
     x, y, cut, dev = prob.x, prob.y, prob.cut, prob.device
     settings = settings.with_budget(int(x.shape[0]))
     losses = settings.loss_settings()
+    if method == "hint" or (method == "bregman" and losses.divergence_weight > 0):
+        # the loss reads the layer's map: held now, in the targets phase (a channels map: one more pass)
+        prob.targets.preactivations  # noqa: B018
     report("targets", 1.0, {"n": int(x.shape[0])})
 
     # --- the representation (bregman) ----------------------------------------------------------

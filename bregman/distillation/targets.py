@@ -15,6 +15,9 @@ with the batch, not with N):
   map once (one more streamed pass) and holds it from then on;
 - ``kd`` and ``labels`` need the outputs only.
 
+A flat cut (an mlp teacher's layer, or a conv map in the flat layout) holds its pre-activations
+from the teacher pass as before: its fit reads every row, so streaming would only add passes.
+
 A student epoch then reads these tensors and never runs the teacher (inputs are not augmented).
 """
 from __future__ import annotations
@@ -135,16 +138,19 @@ def _representation_tensor(representation: Any, name: str) -> Tensor:
 def compute_targets(x: Tensor, *, cut: Any = None, teacher: nn.Module | None = None, batch_size: int = 512,
                     device: torch.device | str | None = None,
                     progress: Callable[[float], None] | None = None,
-                    hold_preactivations: bool = False) -> TeacherTargets:
+                    hold_preactivations: bool | None = None) -> TeacherTargets:
     """Run the teacher once over ``x``.
 
-    With a ``cut`` (an object with ``body``, ``transfer``, ``head``): the outputs from
-    ``head(f(body(x)))``, batch by batch, and a :class:`StreamedPreactivations` source for the
-    pre-activations (``hold_preactivations``: the ``(N, d)`` tensor of this pass instead, for a
-    small set whose every value is needed at once). Without one: the outputs of ``teacher``.
+    With a ``cut`` (an object with ``body``, ``transfer``, ``head`` and optionally
+    ``map_shape``): the outputs from ``head(f(body(x)))``, batch by batch, and the source of the
+    pre-activations: a :class:`StreamedPreactivations` for a channels cut (``map_shape`` not
+    None), the ``(N, d)`` tensor of this pass for a flat one (a flat fit reads every row).
+    ``hold_preactivations`` overrides that choice. Without a cut: the outputs of ``teacher``.
     """
     if (cut is None) == (teacher is None):
         raise ValueError("pass exactly one of cut= and teacher=")
+    if hold_preactivations is None:
+        hold_preactivations = cut is not None and getattr(cut, "map_shape", None) is None
     first = cut.body if cut is not None else teacher
     dev = torch.device(device) if device is not None else default_device(first)
     outputs, held = [], []

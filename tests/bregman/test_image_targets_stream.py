@@ -58,7 +58,7 @@ def test_targets_fit_rows_and_coefficients_are_streamed_in_batches(setup):
     x, cut = setup
     d = 8 * 4 * 4
     body = CountingBody(cut.body)
-    streamed_cut = SimpleNamespace(body=body, head=cut.head, transfer=cut.transfer)
+    streamed_cut = SimpleNamespace(body=body, head=cut.head, transfer=cut.transfer, map_shape=cut.map_shape)
     whole = N * d * 4  # bytes of the (N, d) float pre-activations
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof0:
         t = compute_targets(x, cut=streamed_cut, batch_size=BATCH)
@@ -86,9 +86,13 @@ def test_targets_fit_rows_and_coefficients_are_streamed_in_batches(setup):
 def test_hint_materializes_the_map_once_and_holds_it(setup):
     x, cut = setup
     body = CountingBody(cut.body)
-    t = compute_targets(x, cut=SimpleNamespace(body=body, head=cut.head, transfer=cut.transfer), batch_size=BATCH)
+    t = compute_targets(x, cut=SimpleNamespace(body=body, head=cut.head, transfer=cut.transfer, map_shape=cut.map_shape),
+                        batch_size=BATCH)
     a = t.preactivations
     assert a.shape == (N, 8 * 4 * 4) and t.preactivations is a  # one more pass, then held
     assert len(body.batches) == 2 * (N // BATCH)
     with torch.no_grad():
         torch.testing.assert_close(a, cut.body(x).flatten(1), rtol=0, atol=0)
+    # a flat cut holds its pre-activations from the teacher pass (its fit reads every row)
+    flat = compute_targets(x, cut=SimpleNamespace(body=body, head=cut.head, transfer=cut.transfer, map_shape=None))
+    assert isinstance(flat.source, torch.Tensor) and flat.source.shape == (N, 8 * 4 * 4)
