@@ -33,7 +33,9 @@ from torch import nn
 
 from bregman.transfers import Transfer, get_transfer
 
-__all__ = ["ExportedLayer", "ExportedLayerError", "FORMAT_VERSION", "READABLE_VERSIONS", "WEIGHTS_FILE", "MANIFEST_FILE"]
+__all__ = [
+    "ExportedLayer", "ExportedLayerError", "FORMAT_VERSION", "READABLE_VERSIONS", "WEIGHTS_FILE", "MANIFEST_FILE",
+]
 
 #: ``layer.json``'s format. 2: ``layout`` ("flat" or "channels") and, for channels,
 #: ``spatial_shape`` are always written. 1: written before the channels layout, no ``layout``

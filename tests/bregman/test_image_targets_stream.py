@@ -86,8 +86,8 @@ def test_targets_fit_rows_and_coefficients_are_streamed_in_batches(setup):
 def test_hint_materializes_the_map_once_and_holds_it(setup):
     x, cut = setup
     body = CountingBody(cut.body)
-    t = compute_targets(x, cut=SimpleNamespace(body=body, head=cut.head, transfer=cut.transfer, map_shape=cut.map_shape),
-                        batch_size=BATCH)
+    channels_cut = SimpleNamespace(body=body, head=cut.head, transfer=cut.transfer, map_shape=cut.map_shape)
+    t = compute_targets(x, cut=channels_cut, batch_size=BATCH)
     a = t.preactivations
     assert a.shape == (N, 8 * 4 * 4) and t.preactivations is a  # one more pass, then held
     assert len(body.batches) == 2 * (N // BATCH)
