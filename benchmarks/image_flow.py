@@ -182,7 +182,7 @@ def speed_row(args: argparse.Namespace) -> dict:
 
         spec = {"dataset": "bench", "layer": LAYER, "n_components": 16, "layout": args.layout, "methods": ["bregman"],
                 "student": {"arch": "cnn", "channels": [16, 32]}, "budget": {"epochs": 1}, "onnx": False,
-                "options": {"batch_size": 128, "pca_options": {"max_iter": args.max_iter}}}
+                "options": {"batch_size": 128}}  # the job spec has no solver options: the default fit
         (out / "job").mkdir()
         final = run_distillation(run, spec, teacher, ds, "0" * 64, out / "job", None)
         d, c = run.durations(), run.durations(cpu=True)
