@@ -182,7 +182,7 @@ def speed_row(args: argparse.Namespace) -> dict:
 
         spec = {"dataset": "bench", "layer": LAYER, "n_components": 16, "layout": args.layout, "methods": ["bregman"],
                 "student": {"arch": "cnn", "channels": [16, 32]}, "budget": {"epochs": 1}, "onnx": False,
-                "options": {"batch_size": 128}}  # the job spec has no solver options: the default fit
+                "options": {"batch_size": 128, "fit_rows": args.fit_rows}}  # no solver options in a job spec
         (out / "job").mkdir()
         final = run_distillation(run, spec, teacher, ds, "0" * 64, out / "job", None)
         d, c = run.durations(), run.durations(cpu=True)
@@ -210,6 +210,7 @@ def part_speed(args: argparse.Namespace) -> list[dict]:
         dataset_file(n)
         cmd = [sys.executable, __file__, "--speed-row", "--job", job, "--layout", layout, "--n", str(n),
                "--threads", str(args.threads), "--max-iter", str(args.max_iter),
+               *(["--fit-rows", str(args.fit_rows)] if args.fit_rows else []),
                "--teacher-n", str(args.teacher_n), "--teacher-epochs", str(args.teacher_epochs)]
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode != 0:
@@ -374,6 +375,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=300, help="optimizer steps of 64 images per student (sets epochs)")
     ap.add_argument("--views", type=int, default=4)
     ap.add_argument("--k", type=int, default=16)
+    ap.add_argument("--fit-rows", type=int, default=None, help="distillation speed rows: the channels fit's rows")
     ap.add_argument("--max-iter", type=int, default=30)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--teacher-n", type=int, default=4000)
