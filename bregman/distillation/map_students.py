@@ -16,8 +16,10 @@ at every position, because each of its units sees most of the image. The 1x1 hea
 only the trunk's receptive field at its position: about 9x9 pixels for the registry's ``cnn``
 (two 3x3 convolutions, the second with stride 2), and its students predicted little more than
 each channel's mean and reached chance through the teacher's head (``benchmarks/image_flow.py``,
-200 images of the CIFAR-shaped digits: hint 10.7 %, bregman 10.5 %; with the classifier term
-see the README). For a ResNet the classifier is global average pooling and one Linear layer.
+200 images of the CIFAR-shaped digits, 200 steps: hint 10.7 %, bregman 10.5 %; with the
+classifier term, 400 steps, 3 seeds: 17.3 % and 16.2 %, where labels reach 15.3 %: the cnn itself
+is weak there; 1000 images, 3000 steps: hint 18.6 % without, 66.2 % with it). For a ResNet the
+classifier is global average pooling and one Linear layer.
 
 The student's manifest records ``map_head = {"channels": k, "size": [H, W], "flatten": bool}``
 so that :func:`student_from_manifest` rebuilds it.
