@@ -182,7 +182,7 @@ def speed_row(args: argparse.Namespace) -> dict:
 
         spec = {"dataset": "bench", "layer": LAYER, "n_components": 16, "layout": args.layout, "methods": ["bregman"],
                 "student": {"arch": "cnn", "channels": [16, 32]}, "budget": {"epochs": 1}, "onnx": False,
-                "options": {"batch_size": 128, "pca_options": {"max_iter": args.max_iter}}}
+                "options": {"batch_size": 128, "fit_rows": args.fit_rows}}  # no solver options in a job spec
         (out / "job").mkdir()
         final = run_distillation(run, spec, teacher, ds, "0" * 64, out / "job", None)
         d, c = run.durations(), run.durations(cpu=True)
@@ -199,13 +199,18 @@ def speed_row(args: argparse.Namespace) -> dict:
 
 def part_speed(args: argparse.Namespace) -> list[dict]:
     rows = []
-    plan = [("representation", "channels", n) for n in args.sizes] + [("representation", "flat", args.flat_n)]
-    plan += [("distillation", "channels", n) for n in args.distill_sizes]
-    plan += [("distillation", "flat", args.flat_n)]
+    plan = []
+    if "representation" in args.speed_jobs:
+        plan += [("representation", "channels", n) for n in args.sizes]
+        plan += [("representation", "flat", args.flat_n)] if args.flat_n else []
+    if "distillation" in args.speed_jobs:
+        plan += [("distillation", "channels", n) for n in args.distill_sizes]
+        plan += [("distillation", "flat", args.flat_n)] if args.flat_n else []
     for job, layout, n in plan:
         dataset_file(n)
         cmd = [sys.executable, __file__, "--speed-row", "--job", job, "--layout", layout, "--n", str(n),
                "--threads", str(args.threads), "--max-iter", str(args.max_iter),
+               *(["--fit-rows", str(args.fit_rows)] if args.fit_rows else []),
                "--teacher-n", str(args.teacher_n), "--teacher-epochs", str(args.teacher_epochs)]
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode != 0:
@@ -254,7 +259,10 @@ def part_quality(args: argparse.Namespace) -> list[dict]:
                     row = {"fraction": fraction, "n": n, "seed": seed, "student": sname, "method": method,
                            "layout": layout if method in ("bregman", "hint") else "", "epochs": epochs,
                            "test_accuracy": r.metrics["test_accuracy"], "teacher": r.metrics["test_teacher_accuracy"],
-                           "time_s": time.perf_counter() - t0}
+                           "time_s": time.perf_counter() - t0,
+                           # the training loss at half and at the end of the budget: converged when they are close
+                           "loss_half": r.history["loss"][len(r.history["loss"]) // 2 - 1],
+                           "loss_end": r.history["loss"][-1]}
                     if method == "bregman":
                         row["ceiling"] = r.metrics.get("test_representation_accuracy")
                     print(row, flush=True)
@@ -280,7 +288,9 @@ def summarize(rows: list[dict]) -> list[dict]:
         out.append({"fraction": fraction, "n": rs[0]["n"], "student": student, "method": method, "layout": layout,
                     "seeds": len(rs), "mean": statistics.mean(accs),
                     "std": statistics.stdev(accs) if len(accs) > 1 else 0.0,
-                    "teacher": rs[0]["teacher"], "time_s": statistics.mean(r["time_s"] for r in rs)})
+                    "teacher": rs[0]["teacher"], "time_s": statistics.mean(r["time_s"] for r in rs),
+                    **({"loss_half": statistics.mean(r["loss_half"] for r in rs),
+                        "loss_end": statistics.mean(r["loss_end"] for r in rs)} if "loss_end" in rs[0] else {})})
     return out
 
 
@@ -335,7 +345,7 @@ def part_augment(args: argparse.Namespace) -> list[dict]:
         def online_loss(m, batch):
             xb = crop_flip(batch[0], 4, True, g)
             with torch.no_grad():
-                t = compute_targets(xb, cut=cut)
+                t = compute_targets(xb, cut=cut, hold_preactivations=True)  # one body pass per batch
                 c = coefficients(t, est_layer, cut.map_shape)
             return coefficient_loss(m(xb), c), {}
 
@@ -354,7 +364,9 @@ def main() -> None:
     ap.add_argument("--part", nargs="+", default=["speed", "quality", "augment"], choices=["speed", "quality", "augment"])
     ap.add_argument("--sizes", nargs="+", type=int, default=[10000, 50000])
     ap.add_argument("--distill-sizes", nargs="+", type=int, default=[10000])
-    ap.add_argument("--flat-n", type=int, default=500)
+    ap.add_argument("--flat-n", type=int, default=500, help="images of the flat speed rows (0: no flat rows)")
+    ap.add_argument("--speed-jobs", nargs="+", default=["representation", "distillation"],
+                    choices=["representation", "distillation"], help="which speed rows to run")
     ap.add_argument("--pool", type=int, default=10000, help="training images the fractions are taken of")
     ap.add_argument("--fractions", nargs="+", type=float, default=[0.02, 0.1])
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
@@ -363,6 +375,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=300, help="optimizer steps of 64 images per student (sets epochs)")
     ap.add_argument("--views", type=int, default=4)
     ap.add_argument("--k", type=int, default=16)
+    ap.add_argument("--fit-rows", type=int, default=None, help="distillation speed rows: the channels fit's rows")
     ap.add_argument("--max-iter", type=int, default=30)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--teacher-n", type=int, default=4000)

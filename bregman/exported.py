@@ -33,9 +33,16 @@ from torch import nn
 
 from bregman.transfers import Transfer, get_transfer
 
-__all__ = ["ExportedLayer", "ExportedLayerError", "FORMAT_VERSION", "WEIGHTS_FILE", "MANIFEST_FILE"]
+__all__ = [
+    "ExportedLayer", "ExportedLayerError", "FORMAT_VERSION", "READABLE_VERSIONS", "WEIGHTS_FILE", "MANIFEST_FILE",
+]
 
-FORMAT_VERSION = 1
+#: ``layer.json``'s format. 2: ``layout`` ("flat" or "channels") and, for channels,
+#: ``spatial_shape`` are always written. 1: written before the channels layout, no ``layout``
+#: (flat); still read (a version-1 file that does carry ``layout`` is read as it says).
+FORMAT_VERSION = 2
+#: the versions :meth:`ExportedLayer.load` reads
+READABLE_VERSIONS = (1, 2)
 WEIGHTS_FILE = "layer.safetensors"
 MANIFEST_FILE = "layer.json"
 _KIND = "bregman_exported_layer"
@@ -191,11 +198,7 @@ class ExportedLayer(nn.Module):
             raise ExportedLayerError(f"{manifest_path} is not valid JSON: {exc}") from None
         if not isinstance(manifest, dict) or manifest.get("kind") != _KIND:
             raise ExportedLayerError(f"{manifest_path} does not describe an exported Bregman layer")
-        version = manifest.get("format_version")
-        if version != FORMAT_VERSION:
-            raise ExportedLayerError(
-                f"{manifest_path} has format_version {version!r}; this library reads version {FORMAT_VERSION}"
-            )
+        manifest = _upgrade_manifest(manifest, manifest_path)
         try:
             tensors = load_file(str(weights), device="cpu")
         except (SafetensorError, OSError) as exc:
@@ -218,6 +221,28 @@ class ExportedLayer(nn.Module):
                 f"d={manifest.get('d')}"
             )
         return layer.to(device) if device is not None else layer
+
+
+def _upgrade_manifest(manifest: dict[str, Any], path: Path) -> dict[str, Any]:
+    """A ``layer.json`` of a readable version as the current version reads it; a clear error
+    for a newer (or unknown) version."""
+    version = manifest.get("format_version")
+    readable = f"{READABLE_VERSIONS[0]} to {READABLE_VERSIONS[-1]}"
+    if isinstance(version, bool) or not isinstance(version, int):
+        raise ExportedLayerError(f"{path} has format_version {version!r}; this library reads versions {readable}")
+    if version > FORMAT_VERSION:
+        raise ExportedLayerError(
+            f"{path} has format_version {version}, newer than this library reads ({readable}): it was written by "
+            "a newer version of the bregman package; upgrade the package to load it"
+        )
+    if version not in READABLE_VERSIONS:
+        raise ExportedLayerError(f"{path} has format_version {version}; this library reads versions {readable}")
+    manifest = dict(manifest)
+    if version == 1:
+        manifest.setdefault("layout", "flat")  # version 1 predates the channels layout
+    elif "layout" not in manifest:
+        raise ExportedLayerError(f"{path} (format_version {version}) lacks 'layout': the file is damaged")
+    return manifest
 
 
 def _jsonable(value: Any) -> Any:

@@ -486,6 +486,9 @@ def _distill_one(teacher: Any, data: Any, layer: str | None, method: str, studen
     x, y, cut, dev = prob.x, prob.y, prob.cut, prob.device
     settings = settings.with_budget(int(x.shape[0]))
     losses = settings.loss_settings()
+    if method == "hint" or (method == "bregman" and losses.divergence_weight > 0):
+        # the loss reads the layer's map: held now, in the targets phase (a channels map: one more pass)
+        prob.targets.preactivations  # noqa: B018
     report("targets", 1.0, {"n": int(x.shape[0])})
 
     # --- the representation (bregman) ----------------------------------------------------------
@@ -525,9 +528,9 @@ def _distill_one(teacher: Any, data: Any, layer: str | None, method: str, studen
     batch_loss, names = make_batch_loss(method, losses, has_labels=y is not None, transfer=cut.transfer,
                                         outputs_to_logits=prob.to_logits,
                                         coefficient_weights=None if weights is None else weights.to(dev))
-    available = {"x": x, "y": y, "teacher_logits": prob.teacher_logits, "preactivations": prob.targets.preactivations,
-                 "coefficients": coef_targets}
-    tensors = [available[name] for name in names]
+    available = {"x": x, "y": y, "teacher_logits": prob.teacher_logits, "coefficients": coef_targets}
+    # the layer's map is held only when the loss reads it (hint, bregman's divergence term)
+    tensors = [prob.targets.preactivations if name == "preactivations" else available[name] for name in names]
 
     # --- training: no teacher call from here on ----------------------------------------------------
     t_train = time.perf_counter()
@@ -621,7 +624,7 @@ def _fit_or_check_representation(representation: Any, targets: TeacherTargets, c
         return exported, source
     from bregman.pca import BregmanPCA
 
-    a = targets.preactivations
+    a = targets.preactivations if cut.map_shape is None else targets.source  # channels: sampled from the stream
     if cut.map_shape is not None:  # the channels layout: one row per (example, position), maybe subsampled
         from bregman.layouts import DEFAULT_FIT_ROWS, sample_rows
 

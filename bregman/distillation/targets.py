@@ -1,16 +1,32 @@
 """The teacher's targets of a transfer set, computed once and cached.
 
-One teacher pass over the transfer set gives every target a method needs: the body gives the
-layer's pre-activations ``a``, and the head applied to ``f(a)`` gives the teacher's outputs
-(``head(f(body(x))) == teacher(x)``). The Bregman coefficients are ``representation.transform(a)``.
+One teacher pass over the transfer set gives the teacher's outputs: the body gives the layer's
+pre-activations ``a`` batch by batch, and the head applied to ``f(a)`` gives the outputs
+(``head(f(body(x))) == teacher(x)``). The pre-activations themselves are **not** kept: an image
+layer's map is ``N x C*H*W`` values (64x8x8 floats, 16 KiB an image, more than the image).
+What a method trains on is computed from them in streamed batches instead (peak memory grows
+with the batch, not with N):
+
+- ``bregman``: the coefficients (``N x k`` flat, ``N x k x H x W`` channels), each batch of
+  pre-activations recomputed by the body and projected (:func:`coefficients`); the channels
+  fit reads its sampled rows from the same stream (:func:`bregman.layouts.sample_rows`);
+- ``hint`` and bregman's divergence term train on the layer's map itself, so for them (and
+  for a flat fit, which reads every row) :attr:`TeacherTargets.preactivations` materializes the
+  map once (one more streamed pass) and holds it from then on;
+- ``kd`` and ``labels`` need the outputs only.
+
+A flat cut (an mlp teacher's layer, or a conv map in the flat layout) holds its pre-activations
+from the teacher pass as before: its fit reads every row, so streaming would only add passes.
+
 A student epoch then reads these tensors and never runs the teacher (inputs are not augmented).
 """
 from __future__ import annotations
 
 import hashlib
 import logging
+import math
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 from torch import Tensor, nn
@@ -18,6 +34,32 @@ from torch import Tensor, nn
 from bregman.training import default_device
 
 logger = logging.getLogger(__name__)
+
+
+class StreamedPreactivations:
+    """The tapped layer's pre-activations of ``x``, recomputed by ``body`` batch by batch.
+
+    Re-iterable: each ``iter()`` runs the body over ``x`` again (no gradients) and yields
+    ``(B, d)`` float CPU blocks, so nothing of size ``N x d`` is ever allocated. ``n_rows`` and
+    ``shape`` describe the whole; ``passes`` counts the iterations started (tests, logs).
+    """
+
+    def __init__(self, x: Tensor, body: nn.Module, d: int, batch_size: int, device: torch.device) -> None:
+        self.x, self.body, self.batch_size, self.device = x, body, int(batch_size), device
+        self.n_rows, self.d = int(x.shape[0]), int(d)
+        self.passes = 0
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (self.n_rows, self.d)
+
+    def __iter__(self) -> Iterator[Tensor]:
+        self.passes += 1
+        for start in range(0, self.n_rows, self.batch_size):
+            with torch.no_grad():  # not around the yield: the caller's grad mode stays its own
+                a = self.body(self.x[start:start + self.batch_size].to(self.device))
+                a = a.reshape(a.shape[0], -1).float().cpu()
+            yield a
 
 
 @dataclass
@@ -28,19 +70,37 @@ class TeacherTargets:
     ----------
     outputs : Tensor (N, C)
         The teacher's outputs (logits).
-    preactivations : Tensor (N, d) or None
-        The tapped layer's pre-activations ``a``, flattened per example (None without a layer).
+    source : Tensor, StreamedPreactivations or None
+        Where the tapped layer's pre-activations come from: a stream that recomputes them batch
+        by batch (the default), or a held ``(N, d)`` tensor (None without a layer).
     coefficients : dict
-        Bregman coefficients (N, k) per representation key (see :func:`representation_key`).
+        Bregman coefficients (N, k) (or (N, k, H, W)) per representation key (see
+        :func:`representation_key`).
     """
 
     outputs: Tensor
-    preactivations: Tensor | None = None
+    source: "Tensor | StreamedPreactivations | None" = None
     coefficients: dict[str, Tensor] = field(default_factory=dict)
 
     @property
     def n(self) -> int:
         return int(self.outputs.shape[0])
+
+    @property
+    def preactivations(self) -> Tensor | None:
+        """The pre-activations ``(N, d)`` as one tensor, held from the first access on (hint's
+        targets, bregman's divergence term and flat fits need every value)."""
+        if isinstance(self.source, StreamedPreactivations):
+            self.source = torch.cat(list(self.source))
+        return self.source
+
+    def preactivation_blocks(self, rows: int) -> Iterator[Tensor]:
+        """The pre-activations in blocks of about ``rows`` examples (streamed unless held)."""
+        if isinstance(self.source, StreamedPreactivations):
+            yield from self.source
+            return
+        for start in range(0, int(self.source.shape[0]), rows):
+            yield self.source[start:start + rows]
 
 
 def fingerprint(x: Tensor) -> str:
@@ -77,24 +137,33 @@ def _representation_tensor(representation: Any, name: str) -> Tensor:
 @torch.no_grad()
 def compute_targets(x: Tensor, *, cut: Any = None, teacher: nn.Module | None = None, batch_size: int = 512,
                     device: torch.device | str | None = None,
-                    progress: Callable[[float], None] | None = None) -> TeacherTargets:
+                    progress: Callable[[float], None] | None = None,
+                    hold_preactivations: bool | None = None) -> TeacherTargets:
     """Run the teacher once over ``x``.
 
-    With a ``cut`` (an object with ``body``, ``transfer``, ``head``): the pre-activations from
-    the body and the outputs from ``head(f(a))``. Without one: the outputs of ``teacher`` only.
+    With a ``cut`` (an object with ``body``, ``transfer``, ``head`` and optionally
+    ``map_shape``): the outputs from ``head(f(body(x)))``, batch by batch, and the source of the
+    pre-activations: a :class:`StreamedPreactivations` for a channels cut (``map_shape`` not
+    None), the ``(N, d)`` tensor of this pass for a flat one (a flat fit reads every row).
+    ``hold_preactivations`` overrides that choice. Without a cut: the outputs of ``teacher``.
     """
     if (cut is None) == (teacher is None):
         raise ValueError("pass exactly one of cut= and teacher=")
+    if hold_preactivations is None:
+        hold_preactivations = cut is not None and getattr(cut, "map_shape", None) is None
     first = cut.body if cut is not None else teacher
     dev = torch.device(device) if device is not None else default_device(first)
-    outputs, preacts = [], []
+    outputs, held = [], []
+    d = 0
     for start in range(0, int(x.shape[0]), batch_size):
         xb = x[start:start + batch_size].to(dev)
         if cut is not None:
             a = cut.body(xb)
             a = a.reshape(a.shape[0], -1)
             out = cut.head(cut.transfer.f(a))
-            preacts.append(a.float().cpu())
+            d = int(a.shape[1])
+            if hold_preactivations:
+                held.append(a.float().cpu())
         else:
             out = teacher(xb)
         outputs.append(out.reshape(out.shape[0], -1).float().cpu())
@@ -102,7 +171,10 @@ def compute_targets(x: Tensor, *, cut: Any = None, teacher: nn.Module | None = N
             progress(min(1.0, (start + batch_size) / int(x.shape[0])))
     if not outputs:
         raise ValueError("the transfer set is empty: pass at least one example")
-    return TeacherTargets(outputs=torch.cat(outputs), preactivations=torch.cat(preacts) if preacts else None)
+    source: Tensor | StreamedPreactivations | None = None
+    if cut is not None:
+        source = torch.cat(held) if hold_preactivations else StreamedPreactivations(x, cut.body, d, batch_size, dev)
+    return TeacherTargets(outputs=torch.cat(outputs), source=source)
 
 
 class TargetCache:
@@ -149,15 +221,17 @@ class TargetCache:
 
 
 def coefficients(targets: TeacherTargets, representation: Any, map_shape: Any = None) -> Tensor:
-    """The teacher's Bregman coefficients (N, k) of the cached pre-activations, memoized.
+    """The teacher's Bregman coefficients (N, k) of the transfer set's pre-activations, memoized.
 
     ``representation`` is a fitted :class:`bregman.pca.BregmanPCA` (its ``transform``) or an
     :class:`bregman.exported.ExportedLayer` (projected with the same per-row solver). With
     ``map_shape`` (C, H, W) (the channels layout) every position is projected and the result is
-    a coefficient map (N, k, H, W); the projection runs over blocks of examples, so its float64
-    work arrays stay bounded whatever N.
+    a coefficient map (N, k, H, W), block by block of the streamed pre-activations: only the
+    ``k x H x W`` coefficients of an example are kept, and the float64 work arrays stay bounded
+    whatever N. Flat: one projection of the held ``(N, d)`` pre-activations (a flat fit read
+    them all already).
     """
-    if targets.preactivations is None:
+    if targets.source is None:
         raise ValueError("these targets hold no pre-activations: compute them with a layer cut")
     key = representation_key(representation) + (f"|channels{tuple(map_shape)}" if map_shape is not None else "")
     if key not in targets.coefficients:
@@ -166,10 +240,10 @@ def coefficients(targets: TeacherTargets, representation: Any, map_shape: Any = 
         else:
             from bregman.layouts import map_of_rows, rows_of_map
 
-            a = targets.preactivations
-            block = max(1, (1 << 20) // max(1, int(a.shape[1])))  # about 1 M values per block
-            parts = [map_of_rows(_project(representation, rows_of_map(a[s:s + block], map_shape)).float().cpu(),
-                                 map_shape[1:]) for s in range(0, int(a.shape[0]), block)]
+            d = math.prod(int(s) for s in map_shape)
+            block = max(1, (1 << 20) // max(1, d))  # about 1 M values per block (a held tensor's)
+            parts = [map_of_rows(_project(representation, rows_of_map(a, map_shape)).float().cpu(), map_shape[1:])
+                     for a in targets.preactivation_blocks(block)]
             targets.coefficients[key] = torch.cat(parts)
     return targets.coefficients[key]
 

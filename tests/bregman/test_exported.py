@@ -146,3 +146,48 @@ def test_channels_layout_needs_a_spatial_shape_and_an_elementwise_transfer():
     layer = ExportedLayer(torch.zeros(3), torch.eye(2, 3), "relu", layout="channels", spatial_shape=(2, 2))
     assert layer(torch.ones(5, 2, 2, 2)).shape == (5, 3, 2, 2) and layer.manifest["layout"] == "channels"
     assert layer.with_layout("flat").manifest.get("spatial_shape") is None
+
+
+def _saved_manifest(tmp_path, layer):
+    layer.save(tmp_path)
+    return json.loads((tmp_path / "layer.json").read_text())
+
+
+def test_layer_json_is_version_2_with_its_layout(tmp_path):
+    from bregman.exported import FORMAT_VERSION
+
+    assert FORMAT_VERSION == 2
+    flat = _saved_manifest(tmp_path / "flat", ExportedLayer(torch.zeros(3), torch.eye(2, 3), "relu"))
+    assert flat["format_version"] == 2 and flat["layout"] == "flat" and "spatial_shape" not in flat
+    conv = ExportedLayer(torch.zeros(3), torch.eye(2, 3), "relu", layout="channels", spatial_shape=(2, 2))
+    manifest = _saved_manifest(tmp_path / "conv", conv)
+    assert manifest["format_version"] == 2 and manifest["layout"] == "channels" and manifest["spatial_shape"] == [2, 2]
+    assert ExportedLayer.load(tmp_path / "conv").spatial_shape == (2, 2)
+
+
+def test_a_version_1_layer_json_still_loads_as_a_flat_layer(tmp_path):
+    layer = ExportedLayer(torch.randn(3, generator=torch.Generator().manual_seed(0)), torch.eye(2, 3), "tanh")
+    manifest = _saved_manifest(tmp_path, layer)
+    # what the library wrote before the channels layout: version 1, no layout key
+    manifest["format_version"] = 1
+    del manifest["layout"]
+    (tmp_path / "layer.json").write_text(json.dumps(manifest))
+    old = ExportedLayer.load(tmp_path)
+    assert old.layout == "flat" and old.spatial_shape is None
+    c = torch.randn(4, 2, generator=torch.Generator().manual_seed(1))
+    torch.testing.assert_close(old(c), layer(c), rtol=0, atol=0)
+    old.save(tmp_path / "again")  # saving it again writes the current version
+    assert json.loads((tmp_path / "again" / "layer.json").read_text())["format_version"] == 2
+
+
+def test_a_newer_or_damaged_layer_json_is_refused_with_the_reason(tmp_path):
+    manifest = _saved_manifest(tmp_path, ExportedLayer(torch.zeros(3), torch.eye(2, 3), "relu"))
+    for version, match in ((3, "format_version 3, newer than this library reads \\(1 to 2\\).*upgrade"),
+                           (0, "format_version 0; this library reads versions 1 to 2"),
+                           ("2", "format_version '2'")):
+        (tmp_path / "layer.json").write_text(json.dumps({**manifest, "format_version": version}))
+        with pytest.raises(ExportedLayerError, match=match):
+            ExportedLayer.load(tmp_path)
+    (tmp_path / "layer.json").write_text(json.dumps({k: v for k, v in manifest.items() if k != "layout"}))
+    with pytest.raises(ExportedLayerError, match="lacks 'layout'"):
+        ExportedLayer.load(tmp_path)
