@@ -283,6 +283,7 @@ def distill(
     progress: ProgressFn | None = None,
     validation_fraction: float = 0.25,
     candidates: list[dict[str, Any]] | None = None,
+    min_validation_rows: int | None = None,
     **training: Any,
 ) -> DistillResult:
     """Distill ``teacher`` into a small student on the transfer set ``data``.
@@ -365,6 +366,11 @@ def distill(
     candidates : list of dict, optional
         ``auto``: the candidates (``{"method": ..., "n_components": ...}``) instead of the
         default list (:func:`bregman.distillation.select.default_candidates`).
+    min_validation_rows : int, optional
+        ``auto``: with a validation split smaller than this (default
+        :data:`bregman.distillation.select.MIN_VALIDATION_ROWS`, 20) nothing is selected: the
+        first candidate (bregman at the default k) is trained on every row, and the selection
+        table says why.
 
     Returns
     -------
@@ -385,9 +391,11 @@ def distill(
         return auto_distill(teacher, data, layer=layer, student=student, n_components=n_components, seed=seed,
                             test=test, settings=train, transfer=transfer, representation=representation,
                             pca_options=pca_options, cache=cache, measure_latency=measure_latency, device=device,
-                            progress=progress, validation_fraction=validation_fraction, candidates=candidates)
-    if candidates is not None:
-        raise ValueError("candidates are the choices of method='auto'; pass method='auto' or leave them out")
+                            progress=progress, validation_fraction=validation_fraction, candidates=candidates,
+                            min_validation_rows=min_validation_rows)
+    if candidates is not None or min_validation_rows is not None:
+        raise ValueError("candidates and min_validation_rows belong to method='auto'; pass method='auto' or leave "
+                         "them out")
     return _distill_one(teacher, data, layer, method, student, n_components, seed, test=test, settings=train,
                         transfer=transfer, representation=representation, pca_options=pca_options, cache=cache,
                         measure_latency=measure_latency, device=device, progress=progress)

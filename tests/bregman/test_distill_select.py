@@ -44,8 +44,35 @@ def test_default_candidates_are_bregman_at_several_k_hint_kd_and_labels():
 
 
 def _auto(x, y, test, progress=None, **kw):
+    # 60-row transfer sets hold out 15 rows: below the default floor of 20 for choosing at all
+    kw.setdefault("min_validation_rows", 10)
     return distill(digits_teacher_wrapped(), (x, y), method="auto", test=test, candidates=CANDIDATES, seed=0,
                    progress=progress, **{**FAST, **kw})
+
+
+def test_a_validation_split_too_small_to_choose_returns_the_first_candidate_trained_on_every_row():
+    """40 rows hold out 10 (< 20): no candidate is trained on a split; the returned student is
+    exactly distill(method="bregman") on all rows (the same accuracy on the same test), and the
+    table says why."""
+    from bregman.distillation.select import MIN_VALIDATION_ROWS
+
+    assert MIN_VALIDATION_ROWS == 20
+    ds = digits()
+    x, y = transfer_subset(40, seed=3)
+    phases = []
+    auto = distill(digits_teacher_wrapped(), (x, y), method="auto", test=(ds.x_test, ds.y_test), seed=0,
+                   progress=lambda p, f, m: phases.append(p), **FAST)  # the default candidates and floor
+    direct = distill(digits_teacher_wrapped(), (x, y), method="bregman", test=(ds.x_test, ds.y_test), seed=0,
+                     **FAST)
+    assert auto.method == "bregman" and auto.k == direct.k
+    assert auto.metrics["test_accuracy"] == direct.metrics["test_accuracy"]
+    (row,) = auto.metrics["selection"]
+    assert row["chosen"] and row["validation_score"] is None and "10 rows" in row["reason"]
+    assert auto.metrics["selection_validation_rows"] == 10 and "cannot tell" in auto.metrics["selection_skipped"]
+    assert not any(":" in p and not p.startswith("final ") for p in phases), phases  # no candidate trained
+    # a lower floor brings the choice back on the same rows
+    chosen = _auto(x, y, (ds.x_test, ds.y_test), min_validation_rows=5)
+    assert len(chosen.metrics["selection"]) > 1 and "selection_skipped" not in chosen.metrics
 
 
 def test_the_table_equal_budgets_and_the_winner_retrained_on_every_row():
