@@ -1167,7 +1167,9 @@ class BregmanSolver:
                 freed = BregmanSolver(self.src, self.tr, self.k, replace(self.o, multi_start=False))
                 second = freed._single(mom, (centroid.mean, centroid.V), finish=False)
                 second.n_iter += centroid.n_iter
-            best = first if first.divergence <= second.divergence else second
+            # the lowest of the three (the held fit itself too: a freed fit that starts at its
+            # optimum can end above it by round-off, 2e-16 on a 1e-7 divergence once)
+            best = min((first, centroid, second), key=lambda r: r.divergence)
             for r in {id(x): x for x in (first, centroid, second)}.values():
                 if r is not best:
                     r.store.close()

@@ -543,7 +543,12 @@ def _assert_default_reaches_the_references(A: torch.Tensor, name: str, k: int, r
         # the joint model contains the centroid model, and the centroid fit is one of the starts
         assert est.divergence_ <= centroid.divergence_ * (1 + 1e-9)
     best = min(refs.values())
-    assert est.divergence_ <= (1 + 1e-3) * best + 1e-12, (est.divergence_, refs)
+    # absolute slack: the ridge's own scale λ·mean‖c‖². At k = d - 1 on softmax rows PCA is
+    # exact (5e-18) while the fit minimizes divergence + (λ/2)‖c‖² and ends near 1e-7
+    # (λ = 1e-7): the objective, not the divergence, is what it lowers (hypothesis found it)
+    C = torch.as_tensor(est.transform(A))
+    slack = max(1e-12, est.ridge_ * max(1.0, float((C * C).sum(-1).mean())))
+    assert est.divergence_ <= (1 + 1e-3) * best + slack, (est.divergence_, refs, slack)
     return est
 
 
