@@ -159,6 +159,8 @@ class DistillOptions(BaseModel):
     coefficient_weight: float | None = Field(None, ge=0)
     divergence_weight: float | None = Field(None, ge=0)
     label_weight: float | None = Field(None, ge=0)
+    soft_label_weight: float | None = Field(None, ge=0, description=(
+        "bregman: weight of kd's soft-label term on the deployed model's output (through the imported layer and head)."))
     augment_copies: int | None = Field(None, ge=0, le=100, description=(
         "Noisy copies of every transfer row, labelled by the teacher (for small transfer sets)."))
     augment_noise: float | None = Field(None, ge=0, le=10, description=(

@@ -189,6 +189,8 @@ RECIPES: dict[str, dict[str, Any]] = {
     "3000 steps": {"epochs_factor": 2.0},
     "mixup x10": {"augment_copies": 10, "augment": "mixup"},
     "student 64": {"student": {"arch": "mlp", "hidden": [64]}},
+    "+soft 1": {"soft_label_weight": 1.0},
+    "+soft 10": {"soft_label_weight": 10.0},
 }
 
 

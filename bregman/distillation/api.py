@@ -335,7 +335,7 @@ def distill(
         and about 1500 steps), ``lr`` (3e-3), ``weight_decay`` (1e-4), ``optimizer``
         ("adamw"), ``schedule`` ("cosine"), ``temperature`` (kd, 4.0), ``alpha`` (kd, 0.9),
         ``coefficient_weight`` (1.0), ``divergence_weight`` (0.0), ``label_weight`` (0.0),
-        ``coefficient_scaling`` ("none"), ``coefficient_loss`` ("squared"),
+        ``soft_label_weight`` (0.0), ``coefficient_scaling`` ("none"), ``coefficient_loss`` ("squared"),
         ``augment_copies`` (0: teacher-labelled copies of each row for tiny transfer sets; the
         default budget counts them), ``augment_noise`` (0.3), ``augment`` ("noise" or "mixup"),
         ``augment_views`` / ``augment_padding`` / ``augment_flip`` (image views, 0 / 4 / True),

@@ -12,6 +12,7 @@ hint       d pre-activations â     head(f(student(x)))             mse(â, a) [
 bregman    k coefficients ĉ        head(g(student(x))), g(c) =     w_coef·½‖ĉ − c‖²
                                    f(m + V c) the imported layer   [+ w_div·D_F(m + Vĉ, a)]
                                                                    [+ w_label·CE(output)]
+                                                                   [+ w_soft·T²·KL(p_T ‖ q_T)]
 =========  ======================  ==============================  =================================
 
 The teacher's targets (outputs, pre-activations ``a``, coefficients ``c``) come from the cache
@@ -33,6 +34,7 @@ from bregman.distillation.losses import (
     hint_loss,
     kd_loss,
     label_loss,
+    soft_label_loss,
     weighted_coefficient_loss,
 )
 
@@ -73,6 +75,10 @@ class LossSettings:
     label_weight : float, default 0.0
         ``bregman`` and ``hint``: weight of the cross-entropy of the deployed model's output
         against the labels (used only when labels exist).
+    soft_label_weight : float, default 0.0
+        ``bregman``: weight of kd's soft-label term ``T²·KL(p_T ‖ q_T)`` between the teacher's
+        outputs and the deployed model's (the student's coefficients through the imported layer
+        and the frozen head), at kd's ``temperature``.
     coefficient_scaling : {"none", "whiten"}, default "none"
         ``bregman``: ``"whiten"`` weighs direction j of the coefficient loss by
         ``mean_j E[c²] / E[c_j²]`` (every direction equally, instead of by its divergence).
@@ -85,6 +91,7 @@ class LossSettings:
     coefficient_weight: float = 1.0
     divergence_weight: float = 0.0
     label_weight: float = 0.0
+    soft_label_weight: float = 0.0
     coefficient_scaling: str = "none"
     coefficient_loss: str = "squared"
 
@@ -99,15 +106,15 @@ class LossSettings:
             raise MethodError(f"temperature must be positive, got {self.temperature}")
         if not 0.0 <= self.alpha <= 1.0:
             raise MethodError(f"alpha must lie in [0, 1], got {self.alpha}")
-        for name in ("coefficient_weight", "divergence_weight", "label_weight"):
+        for name in ("coefficient_weight", "divergence_weight", "label_weight", "soft_label_weight"):
             if getattr(self, name) < 0:
                 raise MethodError(f"{name} must be non-negative, got {getattr(self, name)}")
 
     def for_method(self, method: str) -> dict[str, float]:
         """The settings that matter to ``method`` (for manifests and reports)."""
         keep = {"kd": ("temperature", "alpha"), "hint": ("label_weight",),
-                "bregman": ("coefficient_weight", "divergence_weight", "label_weight", "coefficient_scaling",
-                            "coefficient_loss"), "labels": ()}[method]
+                "bregman": ("coefficient_weight", "divergence_weight", "label_weight", "soft_label_weight",
+                            "coefficient_scaling", "coefficient_loss"), "labels": ()}[method]
         return {k: v for k, v in asdict(self).items() if k in keep}
 
 
@@ -260,10 +267,12 @@ def make_batch_loss(
     use_divergence = settings.divergence_weight > 0
     if use_divergence and transfer is None:
         raise MethodError("the divergence term needs the layer's transfer function")
-    if settings.coefficient_weight == 0 and not use_divergence and not use_labels:
+    use_soft = settings.soft_label_weight > 0
+    if settings.coefficient_weight == 0 and not (use_divergence or use_labels or use_soft):
         raise MethodError("every term of the bregman loss has weight 0: give coefficient_weight, "
-                          "divergence_weight or (with labels) label_weight a positive value")
-    names = ("x", "coefficients") + (("preactivations",) if use_divergence else ()) + (("y",) if use_labels else ())
+                          "divergence_weight, soft_label_weight or (with labels) label_weight a positive value")
+    names = (("x", "coefficients") + (("preactivations",) if use_divergence else ()) + (("y",) if use_labels else ())
+             + (("teacher_logits",) if use_soft else ()))
     plain_coefficients = coefficient_weights is None and settings.coefficient_loss == "squared"
 
     def bregman_batch(model: nn.Module, batch: Sequence[Tensor]):
@@ -274,7 +283,7 @@ def make_batch_loss(
         else:
             coef = weighted_coefficient_loss(c_hat, tensors["coefficients"], coefficient_weights,
                                              robust=settings.coefficient_loss == "huber")
-        if not (use_divergence or use_labels):  # the loss is the coefficient term alone
+        if not (use_divergence or use_labels or use_soft):  # the loss is the coefficient term alone
             return (coef if settings.coefficient_weight == 1 else settings.coefficient_weight * coef), {}
         metrics = {"coefficient_loss": coef.detach()}
         loss = settings.coefficient_weight * coef
@@ -283,10 +292,16 @@ def make_batch_loss(
             div = bregman_divergence_loss(a_hat, tensors["preactivations"], transfer)
             loss = loss + settings.divergence_weight * div
             metrics["divergence"] = div.detach()
+        if use_labels or use_soft:
+            logits = to_logits(model.above_student(c_hat))
         if use_labels:
-            ce = label_loss(to_logits(model.above_student(c_hat)), tensors["y"])
+            ce = label_loss(logits, tensors["y"])
             loss = loss + settings.label_weight * ce
             metrics["label_loss"] = ce.detach()
+        if use_soft:
+            soft = soft_label_loss(logits, tensors["teacher_logits"], settings.temperature)
+            loss = loss + settings.soft_label_weight * soft
+            metrics["soft_label_loss"] = soft.detach()
         return loss, metrics
 
     return bregman_batch, names

@@ -46,7 +46,8 @@ class TrainSettings:
     optimizer : {"adamw", "sgd"}, default "adamw"
     schedule : {"cosine", "constant"}, default "cosine"
     temperature, alpha : kd's temperature (4.0) and soft-label weight (0.9).
-    coefficient_weight, divergence_weight, label_weight : bregman's (and hint's label) loss weights.
+    coefficient_weight, divergence_weight, label_weight, soft_label_weight : bregman's (and hint's
+        label) loss weights.
     coefficient_scaling, coefficient_loss : bregman's per-direction weights and robust loss
         (see :class:`bregman.distillation.methods.LossSettings`).
     augment_copies : int, default 0
@@ -81,6 +82,7 @@ class TrainSettings:
     coefficient_weight: float = 1.0
     divergence_weight: float = 0.0
     label_weight: float = 0.0
+    soft_label_weight: float = 0.0
     coefficient_scaling: str = "none"
     coefficient_loss: str = "squared"
     augment_copies: int = 0
@@ -118,6 +120,7 @@ class TrainSettings:
         return LossSettings(temperature=self.temperature, alpha=self.alpha,
                             coefficient_weight=self.coefficient_weight,
                             divergence_weight=self.divergence_weight, label_weight=self.label_weight,
+                            soft_label_weight=self.soft_label_weight,
                             coefficient_scaling=self.coefficient_scaling, coefficient_loss=self.coefficient_loss)
 
     def with_budget(self, n: int) -> "TrainSettings":

@@ -101,6 +101,32 @@ def test_distilled_model_keeps_frozen_parts_in_eval_and_settings_validate():
         make_batch_loss("distill", LossSettings(), has_labels=True)
 
 
+def test_bregman_soft_label_term_is_kd_through_the_imported_layer_and_head():
+    from bregman.distillation.losses import coefficient_loss, soft_label_loss
+
+    torch.manual_seed(0)
+    student, layer, head = torch.nn.Linear(5, 3), torch.nn.Linear(3, 4), torch.nn.Linear(4, 6)
+    model = DistilledModel(student, layer=frozen_copy(layer), head=frozen_copy(head))
+    x, c, t = torch.randn(8, 5), torch.randn(8, 3), torch.randn(8, 6)
+    settings = LossSettings(soft_label_weight=0.7, temperature=2.5)
+    loss_fn, names = make_batch_loss("bregman", settings, has_labels=False)
+    assert names == ("x", "coefficients", "teacher_logits")
+    loss, metrics = loss_fn(model, (x, c, t))
+    expected_soft = soft_label_loss(head(layer(student(x))), t, 2.5)
+    assert float(metrics["soft_label_loss"]) == pytest.approx(float(expected_soft), rel=1e-6)
+    assert float(loss) == pytest.approx(float(coefficient_loss(student(x), c) + 0.7 * expected_soft), rel=1e-6)
+    # the term alone is a loss (coefficient weight 0), and its gradient reaches the student only
+    alone, _ = make_batch_loss("bregman", LossSettings(coefficient_weight=0.0, soft_label_weight=1.0),
+                               has_labels=False)
+    alone(model, (x, c, t))[0].backward()
+    assert student.weight.grad is not None and float(student.weight.grad.abs().sum()) > 0
+    assert all(p.grad is None for p in model.head.parameters())
+    with pytest.raises(MethodError, match="soft_label_weight must be non-negative"):
+        LossSettings(soft_label_weight=-1.0)
+    assert "soft_label_weight" in LossSettings().for_method("bregman")
+    assert "soft_label_weight" not in LossSettings().for_method("hint")
+
+
 def test_quality_and_cost_metrics():
     logits = torch.tensor([[2.0, 0.0], [0.0, 1.0], [3.0, 0.0]])
     teacher = torch.tensor([[1.0, 0.0], [1.0, 0.0], [2.0, 0.0]])
