@@ -129,8 +129,12 @@ class BregmanPCA:
         Number of directions k (``1 <= k < d`` and ``k < N``), or a float in (0, 1): the
         smallest k whose own fit removes at least that share of the mean-only model's
         divergence, found with actual fits (k = 1, 2, 4, … then bisection, each warm-started
-        from the nearest fit; searched up to ``min(d - 1, N - 1, 64)``; see
+        from the nearest fit; searched up to ``min(d - 1, N - 1, 64, max_components)``; see
         ``n_components_search_``).
+    max_components : int or None, default None
+        With a float ``n_components``: the most directions the search may choose. Where
+        ``max_components`` directions explain less than the share, their fit is returned
+        (``n_components_search_`` shows the shares reached). Ignored for an integer k.
     mean : {"joint", "centroid"}, default "joint"
         ``"joint"`` optimizes the mean with the directions (the fit then never ends above
         Euclidean PCA's divergence: by construction with ``ridge=0``, and up to the ridge's
@@ -310,6 +314,7 @@ class BregmanPCA:
         random_state: int | None = None,
         callback: Callable[[dict[str, float]], Any] | None = None,
         transfer_params: dict[str, Any] | None = None,
+        max_components: int | None = None,
     ) -> None:
         self.transfer = transfer
         self.n_components = n_components
@@ -324,10 +329,12 @@ class BregmanPCA:
         self.random_state = random_state
         self.callback = callback
         self.transfer_params = transfer_params
+        self.max_components = max_components
 
     # --- scikit-learn protocol ----------------------------------------------------------------
     _PARAMS = ("transfer", "n_components", "mean", "ridge", "max_iter", "tol", "newton_steps",
-               "polish_steps", "batch_size", "device", "random_state", "callback", "transfer_params")
+               "polish_steps", "batch_size", "device", "random_state", "callback", "transfer_params",
+               "max_components")
 
     def get_params(self, deep: bool = True) -> dict[str, Any]:
         """Constructor parameters (scikit-learn protocol)."""
@@ -368,6 +375,9 @@ class BregmanPCA:
             isinstance(self.batch_size, bool) or not isinstance(self.batch_size, numbers.Integral) or self.batch_size < 1
         ):
             raise BregmanPCAError(f"batch_size must be a positive integer or None, got {self.batch_size!r}")
+        mc = self.max_components
+        if mc is not None and (isinstance(mc, bool) or not isinstance(mc, numbers.Integral) or mc < 1):
+            raise BregmanPCAError(f"max_components must be a positive integer or None, got {mc!r}")
         if self.callback is not None and not callable(self.callback):
             raise BregmanPCAError("callback must be callable (it receives one dict per iteration)")
 
@@ -497,7 +507,9 @@ class BregmanPCA:
         not (explained share assumed non-decreasing in k). The candidates' shares are kept in
         ``n_components_search_``.
         """
-        k_max = min(src.d - 1, src.n_rows - 1, MAX_AUTO_COMPONENTS)
+        limit = min(src.d - 1, src.n_rows - 1, MAX_AUTO_COMPONENTS)
+        capped = self.max_components is not None and int(self.max_components) < limit
+        k_max = int(self.max_components) if capped else limit
         if src.in_memory and src.n_rows > SEARCH_ROWS:
             return self._search_k_on_subsample(src, transfer, opts, mom, share, k_max)
         fits: dict[int, Any] = {}
@@ -512,8 +524,9 @@ class BregmanPCA:
         while explained(hi) < share - 1e-12:
             lo = hi
             if hi == k_max:
-                logger.warning("n_components=%s: %d components explain only %.4f; using %d",
-                               share, k_max, explained(k_max), k_max)
+                (logger.info if capped else logger.warning)(
+                    "n_components=%s: %d components explain only %.4f; using %d%s", share, k_max,
+                    explained(k_max), k_max, " (max_components)" if capped else "")
                 break
             hi = min(2 * hi, k_max)
         else:

@@ -11,7 +11,7 @@ import torch
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from bregman.pca import BregmanPCA, NotFittedError
+from bregman.pca import BregmanPCA, BregmanPCAError, NotFittedError
 from bregman.transfers import NonMonotoneTransferError, get_transfer
 from tests.bregman._pca_fixtures import (  # noqa: F401  (single_thread is a fixture)
     NONLINEAR_TRANSFERS,
@@ -491,6 +491,26 @@ def test_streamed_data_are_worked_on_in_small_blocks_whatever_the_chunk_size() -
     assert sum(sizes) == 6000 and max(sizes) * 1024 <= _STREAM_BLOCK_ELEMENTS
     in_memory = [b.shape[0] for _, b in RowSource(X).blocks(1024)]
     assert sum(in_memory) == 6000 and max(in_memory) == _DEFAULT_BLOCK_ELEMENTS // 1024 > max(sizes)
+
+
+def test_max_components_bounds_the_share_search_and_returns_the_capped_fit():
+    A = low_rank_data(n=200, d=8, rank=6, noise=0.2, seed=22)
+    free = BregmanPCA("sigmoid", n_components=0.99).fit(A)
+    assert free.n_components_ > 3  # the share needs more than the cap below
+    est = BregmanPCA("sigmoid", n_components=0.99, max_components=3).fit(A)
+    assert est.n_components_ == 3
+    assert max(est.n_components_search_) == 3  # no fit above the cap was made
+    assert est.explained_divergence_ratio_[-1] < 0.99
+    # the capped search's fit against a fit at k = 3 from its own starts (an independent reference)
+    direct = BregmanPCA("sigmoid", n_components=3).fit(A)
+    assert est.divergence_ <= direct.divergence_ * (1 + 1e-3)
+    # a cap the share does not need chooses the same k (the search path, and so the warm start
+    # of the k = 6 fit, differ: 4 -> 6 instead of 4 -> 7 -> 6, hence no bitwise equality)
+    loose = BregmanPCA("sigmoid", n_components=0.99, max_components=6).fit(A)
+    assert loose.n_components_ == free.n_components_ == 6
+    assert loose.divergence_ == pytest.approx(free.divergence_, rel=1e-5)
+    with pytest.raises(BregmanPCAError, match="max_components"):
+        BregmanPCA("sigmoid", n_components=0.9, max_components=0).fit(A)
 
 
 def test_float_n_components_on_many_rows_searches_a_subsample_and_still_reaches_the_share(monkeypatch):
