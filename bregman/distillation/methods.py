@@ -57,7 +57,7 @@ def check_method(method: str, choices: tuple[str, ...] = METHODS) -> str:
     return method
 
 
-@dataclass
+@dataclass(frozen=True)
 class LossSettings:
     """The weights and temperatures of the method losses (see the module's table).
 

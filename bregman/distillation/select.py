@@ -214,15 +214,12 @@ def auto_distill(teacher: Any, data: tuple[Any, Any], *, layer: str | None, stud
     winner = rows[best]
 
     # --- the choice is made: train the winner on every row, then read the test split -------------
-    def final(phase: str, fraction: float, metrics: dict) -> None:
-        report(f"final {winner['candidate']}:{phase}", fraction,
-               {**(metrics or {}), "candidate_index": len(usable), "candidate_count": len(usable) + 1})
-
-    out = _distill_one(teacher, data, winner["layer"] if winner["method"] in ("bregman", "hint") else layer,
-                       winner["method"], student, winner["n_components"], seed, test=test, settings=settings,
-                       transfer=transfer, representation=representation if winner["method"] == "bregman" else None,
-                       pca_options=pca_options, cache=cache, measure_latency=measure_latency, device=device,
-                       progress=final)
+    out = _train_on_every_row(winner["candidate"], winner["method"],
+                              winner["layer"] if winner["method"] in ("bregman", "hint") else layer,
+                              winner["n_components"], len(usable), len(usable) + 1, teacher=teacher, data=data,
+                              student=student, seed=seed, test=test, settings=settings, transfer=transfer,
+                              representation=representation, pca_options=pca_options, cache=cache,
+                              measure_latency=measure_latency, device=device, report=report)
     if test is not None:
         test_x, test_y = _split_data(test, "test")
         reference = teacher_logits(test_x)
@@ -238,24 +235,31 @@ def auto_distill(teacher: Any, data: tuple[Any, Any], *, layer: str | None, stud
     return out
 
 
-def _without_choice(cand: dict[str, Any], n_val: int, floor: int, *, teacher: Any, data: Any, layer: Any,
-                    student: Any, seed: int, test: Any, settings: TrainSettings, transfer: Any, representation: Any,
-                    pca_options: Any, cache: Any, measure_latency: bool, device: Any, report: Any,
-                    metric: str) -> Any:
-    """The first candidate trained on every row, as ``distill(method=...)`` trains it."""
+def _train_on_every_row(label: str, method: str, layer: Any, n_components: Any, index: int, count: int, *,
+                        teacher: Any, data: Any, student: Any, seed: int, test: Any, settings: TrainSettings,
+                        transfer: Any, representation: Any, pca_options: Any, cache: Any, measure_latency: bool,
+                        device: Any, report: Any) -> Any:
+    """``method`` trained on every transfer row, as ``distill(method=...)`` trains it; its progress
+    is reported as candidate ``index`` of ``count``, phases prefixed by ``final <label>:``."""
     from bregman.distillation.api import _distill_one
 
+    def final(phase: str, fraction: float, metrics: dict) -> None:
+        report(f"final {label}:{phase}", fraction, {**(metrics or {}), "candidate_index": index,
+                                                    "candidate_count": count})
+
+    return _distill_one(teacher, data, layer, method, student, n_components, seed, test=test, settings=settings,
+                        transfer=transfer, representation=representation if method == "bregman" else None,
+                        pca_options=pca_options, cache=cache, measure_latency=measure_latency, device=device,
+                        progress=final)
+
+
+def _without_choice(cand: dict[str, Any], n_val: int, floor: int, *, layer: Any, metric: str,
+                    **train: Any) -> Any:
+    """The first candidate trained on every row, as ``distill(method=...)`` trains it."""
     method, label = cand["method"], candidate_name(cand["method"], cand.get("n_components"))
     reason = (f"a validation split of {n_val} rows (fewer than {floor}) cannot tell the candidates apart: "
               f"{label} is returned without a choice")
-
-    def final(phase: str, fraction: float, metrics: dict) -> None:
-        report(f"final {label}:{phase}", fraction, {**(metrics or {}), "candidate_index": 0, "candidate_count": 1})
-
-    out = _distill_one(teacher, data, cand.get("layer", layer), method, student, cand.get("n_components"), seed,
-                       test=test, settings=settings, transfer=transfer,
-                       representation=representation if method == "bregman" else None, pca_options=pca_options,
-                       cache=cache, measure_latency=measure_latency, device=device, progress=final)
+    out = _train_on_every_row(label, method, cand.get("layer", layer), cand.get("n_components"), 0, 1, **train)
     m = out.metrics
     row = {"candidate": candidate_name(method, out.k), "method": method, "layer": out.layer, "k": out.k,
            "n_components": cand.get("n_components"), "validation_accuracy": None, "validation_agreement": None,

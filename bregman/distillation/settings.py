@@ -33,8 +33,9 @@ def default_budget(n: int, batch_size: int | None = None, epochs: int | None = N
 
 
 @dataclass(frozen=True)
-class TrainSettings:
-    """How a student is trained (every method reads the fields it uses).
+class TrainSettings(LossSettings):
+    """How a student is trained (every method reads the fields it uses): the loss fields of
+    :class:`~bregman.distillation.methods.LossSettings`, and the optimizer, budget and data below.
 
     Parameters
     ----------
@@ -77,14 +78,6 @@ class TrainSettings:
     weight_decay: float = 1e-4
     optimizer: str = "adamw"
     schedule: str = "cosine"
-    temperature: float = 4.0
-    alpha: float = 0.9
-    coefficient_weight: float = 1.0
-    divergence_weight: float = 0.0
-    label_weight: float = 0.0
-    soft_label_weight: float = 0.0
-    coefficient_scaling: str = "none"
-    coefficient_loss: str = "squared"
     augment_copies: int = 0
     augment_noise: float = 0.3
     augment: str = "noise"
@@ -95,7 +88,7 @@ class TrainSettings:
     fit_rows: int | None = None
 
     def __post_init__(self) -> None:
-        self.loss_settings()  # validates the loss weights
+        super().__post_init__()  # validates the loss weights
         if self.augment not in AUGMENTS:
             raise ValueError(f"augment must be one of {', '.join(AUGMENTS)}, got {self.augment!r}")
 
@@ -117,11 +110,8 @@ class TrainSettings:
         return replace(base or cls(), **given)
 
     def loss_settings(self) -> LossSettings:
-        return LossSettings(temperature=self.temperature, alpha=self.alpha,
-                            coefficient_weight=self.coefficient_weight,
-                            divergence_weight=self.divergence_weight, label_weight=self.label_weight,
-                            soft_label_weight=self.soft_label_weight,
-                            coefficient_scaling=self.coefficient_scaling, coefficient_loss=self.coefficient_loss)
+        """The loss fields alone (what :func:`~bregman.distillation.methods.make_batch_loss` reads)."""
+        return LossSettings(**{f.name: getattr(self, f.name) for f in fields(LossSettings)})
 
     def with_budget(self, n: int) -> "TrainSettings":
         """These settings with the batch size and epochs filled in for ``n`` training rows."""
