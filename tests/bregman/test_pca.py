@@ -513,6 +513,22 @@ def test_max_components_bounds_the_share_search_and_returns_the_capped_fit():
         BregmanPCA("sigmoid", n_components=0.9, max_components=0).fit(A)
 
 
+def test_share_search_does_not_overshoot_by_doubling_and_still_finds_the_smallest_k():
+    """From k = 8 on, the search's next candidate extrapolates the missed fit's prefix curve
+    (doubling fitted k = 32 here, the costliest fit of the search, where 18 is needed)."""
+    g = torch.Generator().manual_seed(3)
+    n, d = 400, 48
+    Q, _ = torch.linalg.qr(torch.randn(d, d, generator=g, dtype=torch.float64))
+    A = (torch.randn(n, d, generator=g, dtype=torch.float64) * 0.88 ** torch.arange(d)) @ Q.T * 2 + 0.2
+    est = BregmanPCA("leaky_relu", n_components=0.99).fit(A)
+    k, searched = est.n_components_, est.n_components_search_
+    assert searched[k] >= 0.99 > searched[k - 1]
+    assert max(searched) < 32 and max(searched) <= 1.25 * k
+    # independent fits at k and k - 1 from their own starts agree on the choice
+    own = {j: BregmanPCA("leaky_relu", n_components=j).fit(A).explained_divergence_ratio_[-1] for j in (k - 1, k)}
+    assert own[k] >= 0.99 > own[k - 1]
+
+
 def test_float_n_components_on_many_rows_searches_a_subsample_and_still_reaches_the_share(monkeypatch):
     import bregman.pca as pca_module
 
