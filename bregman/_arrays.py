@@ -267,7 +267,7 @@ class RowSource:
         rows = self.block_rows(width or self.d)
         if self._tensor is not None:
             for s in range(0, self.n_rows, rows):
-                yield s, self._tensor[s : s + rows]
+                yield s, self._tensor[s : s + rows].to(self.dtype)  # a no-op unless compute_in changed it
             return
         if self._memmap is not None:
             for s in range(0, self.n_rows, rows):
@@ -300,7 +300,13 @@ class RowSource:
         """Rows ``idx`` of an in-memory source, as a tensor."""
         if self._tensor is None:
             raise ValueError("take_rows needs an in-memory source (a tensor or array)")
-        return self._tensor[idx.to(self._tensor.device)]
+        return self._tensor[idx.to(self._tensor.device)].to(self.dtype)
+
+    def compute_in(self, dtype: torch.dtype) -> "RowSource":
+        """Yield every block in ``dtype`` from now on (converted block by block: the data itself
+        is neither copied nor converted); returns self."""
+        self.dtype = dtype
+        return self
 
     def _convert(self, part: Any, where: str) -> torch.Tensor:
         if isinstance(part, np.ndarray):
