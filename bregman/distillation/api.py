@@ -116,7 +116,7 @@ class DistillResult:
     def manifest(self) -> dict[str, Any]:
         """The ``student.json`` manifest."""
         return {
-            "format_version": 1,
+            "format_version": STUDENT_FORMAT_VERSION,
             "kind": "bregman_student",
             "arch": self.student_manifest["arch"],
             "args": self.student_manifest["args"],
@@ -165,6 +165,27 @@ class DistillResult:
         return {"files": [str(f) for f in files], "onnx": onnx_status}
 
 
+#: ``student.json``'s format: 2 since map students (the channels layout) add the architecture's
+#: own classifier at every position; version-1 map students hold no weights for it
+STUDENT_FORMAT_VERSION = 2
+
+
+def _check_student_version(manifest: Any, path: Path) -> None:
+    """A manifest this version can load, else a ValueError that says what to do."""
+    if not isinstance(manifest, dict):
+        raise ValueError(f"{path} is not a student manifest (a JSON object)")
+    version = manifest.get("format_version", 1)
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        raise ValueError(f"{path}: format_version must be a positive integer, got {version!r}")
+    if version > STUDENT_FORMAT_VERSION:
+        raise ValueError(f"{path} has format_version {version}; this package reads up to "
+                         f"{STUDENT_FORMAT_VERSION}: upgrade the package to load it")
+    if version < 2 and manifest.get("map_head"):
+        raise ValueError(f"{path} is a map student saved in format 1, before map students carried the "
+                         "architecture's classifier term: its weights cannot be loaded; run the distillation "
+                         "again (the student.pt2 of that run still works on its own)")
+
+
 def load_student(directory: str | Path, *, device: torch.device | str | None = None) -> tuple[nn.Module, dict[str, Any]]:
     """Rebuild the trained student network (not the pipeline) from ``student.safetensors`` + ``student.json``.
 
@@ -183,6 +204,7 @@ def load_student(directory: str | Path, *, device: torch.device | str | None = N
     if missing:
         raise ValueError(f"{src} is not a saved student: missing {', '.join(missing)}")
     manifest = json.loads(manifest_path.read_text())
+    _check_student_version(manifest, manifest_path)
     module = student_from_manifest(manifest)
     state = load_file(str(weights_path), device="cpu")
     try:

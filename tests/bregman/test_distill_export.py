@@ -74,6 +74,40 @@ def test_load_student_rebuilds_the_network(saved):
         load_student(out / "layer")
 
 
+def test_student_manifest_versions(saved, tmp_path):
+    """format_version 2: a flat version-1 student still loads; a version-1 map student (saved
+    before map students carried the classifier term) and a newer version are refused with what
+    to do, not with a state-dict error."""
+    import shutil
+
+    result, out, _ = saved
+    assert json.loads((out / "student.json").read_text())["format_version"] == 2
+
+    def variant(name, edit):
+        d = tmp_path / name
+        shutil.copytree(out, d)
+        manifest = json.loads((d / "student.json").read_text())
+        edit(manifest)
+        (d / "student.json").write_text(json.dumps(manifest))
+        return d
+
+    old_flat = variant("v1", lambda m: m.update(format_version=1))
+    student, _ = load_student(old_flat)
+    x = digits().x_test[:4]
+    with torch.no_grad():
+        assert torch.equal(student(x), result.student(x))
+    unversioned = variant("none", lambda m: m.pop("format_version"))
+    load_student(unversioned)  # before versioning: format 1
+    old_map = variant("v1map", lambda m: m.update(format_version=1, map_head={"channels": 4, "size": [2, 2],
+                                                                            "flatten": False}))
+    with pytest.raises(ValueError, match="run the distillation again"):
+        load_student(old_map)
+    with pytest.raises(ValueError, match="upgrade the package"):
+        load_student(variant("v9", lambda m: m.update(format_version=9)))
+    with pytest.raises(ValueError, match="positive integer"):
+        load_student(variant("bad", lambda m: m.update(format_version="2")))
+
+
 def test_onnx_runs_in_onnxruntime_and_equals_the_model(saved):
     """The ONNX student is run, not only checked: onnxruntime's outputs equal the in-process
     pipeline's on a batch size the export never saw."""
