@@ -162,7 +162,8 @@ class DistillOptions(BaseModel):
     soft_label_weight: float | None = Field(None, ge=0, description=(
         "bregman: weight of kd's soft-label term on the deployed model's output (through the imported layer and head)."))
     augment_copies: int | None = Field(None, ge=0, le=100, description=(
-        "Noisy copies of every transfer row, labelled by the teacher (for small transfer sets)."))
+        "Copies of every transfer row, labelled by the teacher (default: 10 below 500 flat examples, "
+        "else none; 0 turns them off)."))
     augment_noise: float | None = Field(None, ge=0, le=10, description=(
         "The copies' noise, in units of the inputs' standard deviation (default 0.3)."))
     augment_views: int | None = Field(None, ge=0, le=50, description=(

@@ -40,9 +40,10 @@ Protocol (identical for every method; run ``--help`` for the options)
   The verdict also prints the headroom, teacher accuracy − best baseline.
 - Verdict per task: the best bregman variant against the best of labels / kd / hint, averaged
   over the fractions <= 10 % and at 100 %; ``auto`` against the best single method per fraction.
-- ``--augment-copies N`` (default 0): the transfer set becomes the rows plus N teacher-labelled
-  copies, for every method alike (``--augment shift``: the harness's one-pixel shifts plus noise,
-  8×8 image tasks only; ``noise`` / ``mixup``: the library's ``distill(augment_copies=N,
+- Copies: by default every method gets the library's default (``distill``'s ``augment_copies``:
+  10 teacher-labelled copies of every row below 500 examples); ``--augment-copies N`` sets N
+  for every method alike (0: none; ``--augment shift``: the harness's one-pixel shifts plus
+  noise, 8×8 image tasks only; ``noise`` / ``mixup``: the library's ``distill(augment_copies=N,
   augment=...)``).
 - Parallel: ``--jobs`` worker processes (spawned; each rebuilds the teachers from their weights)
   take one (task, fraction, method) cell at a time; each cell's runs are seeded, so the numbers
@@ -260,16 +261,22 @@ def run_one(task_name, rows, variant, config, seed, eval_x, eval_y) -> dict[str,
     student = extra.pop("student", STUDENT)
     factor = extra.pop("epochs_factor", None)
     kwargs: dict[str, Any] = {"lr": config["lr"], knob: value, **extra}
-    copies, kind = w.get("augment_copies", 0), w.get("augment", "shift")
+    copies, kind = w.get("augment_copies"), w.get("augment", "shift")
     x, y = task.x_train[rows], task.y_train[rows]
-    if copies and kind == "shift":
+    if copies and kind == "shift":  # the harness's copies, and none of the library's
         x, y = augmented(x, y, copies, seed)
-    elif copies:  # the library's own copies
-        kwargs.update(augment_copies=copies, augment=kind)
+        kwargs.setdefault("augment_copies", 0)
+    elif copies is not None:  # the library's own copies, this many (0: none)
+        kwargs.setdefault("augment_copies", copies)
+        if copies:
+            kwargs.setdefault("augment", kind)
+    # else: the library's default (copies for small flat transfer sets)
     if factor is not None:  # a longer schedule: the default budget's epochs times the factor
         from bregman.distillation import default_budget
+        from bregman.distillation.settings import TrainSettings
 
-        n = x.shape[0] * (kwargs.get("augment_copies", 0) + 1)
+        resolved = TrainSettings(augment_copies=kwargs.get("augment_copies")).with_copies(int(x.shape[0]))
+        n = x.shape[0] * (resolved.augment_copies + 1)
         batch, epochs = default_budget(n)
         kwargs.update(batch_size=batch, epochs=int(round(epochs * factor)))
     result = distill(teacher, (x, y), layer=variant["layer"], method=variant["method"], student=student,
@@ -289,7 +296,7 @@ _WORKER: dict[str, Any] = {}
 
 
 def _setup(task_names: list[str], teacher_states: dict[str, dict[str, torch.Tensor]] | None, threads: int,
-           augment_copies: int = 0, augment: str = "shift") -> None:
+           augment_copies: int | None = None, augment: str = "shift") -> None:
     """Per process: the tasks, their teachers (rebuilt from their weights, or trained), splits, caches."""
     torch.set_num_threads(threads)
     logging.basicConfig(level=logging.ERROR)
@@ -438,8 +445,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1, help="torch threads per process (tiny nets: 1 is fastest)")
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1,
                         help="worker processes, one (task, fraction, method) cell each at a time (default: CPU count)")
-    parser.add_argument("--augment-copies", type=int, default=0,
-                        help="add this many teacher-labelled copies of the transfer rows")
+    parser.add_argument("--augment-copies", type=int, default=None,
+                        help="add this many teacher-labelled copies of the transfer rows (0: none; default: the "
+                             "library's default, 10 copies below 500 examples)")
     parser.add_argument("--augment", choices=["shift", "noise", "mixup"], default="shift",
                         help="shift: the harness's one-pixel shifts plus noise (8x8 images); noise / mixup: the "
                              "library's distill(augment_copies=..., augment=...)")

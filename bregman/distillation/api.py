@@ -358,8 +358,8 @@ def distill(
         ("adamw"), ``schedule`` ("cosine"), ``temperature`` (kd, 4.0), ``alpha`` (kd, 0.9),
         ``coefficient_weight`` (1.0), ``divergence_weight`` (0.0), ``label_weight`` (0.0),
         ``soft_label_weight`` (0.0), ``coefficient_scaling`` ("none"), ``coefficient_loss`` ("squared"),
-        ``augment_copies`` (0: teacher-labelled copies of each row for tiny transfer sets; the
-        default budget counts them), ``augment_noise`` (0.3), ``augment`` ("noise" or "mixup"),
+        ``augment_copies`` (teacher-labelled copies of each row; default 10 for fewer than
+        500 flat examples, else 0; the default budget counts them), ``augment_noise`` (0.3), ``augment`` ("noise" or "mixup"),
         ``augment_views`` / ``augment_padding`` / ``augment_flip`` (image views, 0 / 4 / True),
         ``layout`` ("auto", "flat" or "channels" for a conv map) and ``fit_rows`` (channels:
         rows sampled for the fit).
@@ -512,6 +512,8 @@ def _distill_one(teacher: Any, data: Any, layer: str | None, method: str, studen
     n_components = _check_n_components(n_components)
     report = progress or (lambda phase, fraction, metrics: None)
     report("targets", 0.0, {})
+    x0 = _split_data(data, "data")[0]
+    settings = settings.with_copies(int(x0.shape[0]), flat=x0.dim() == 2)
     prob = _prepare(teacher, data, test, layer, method, transfer, settings, seed, cache, device, student)
     x, y, cut, dev = prob.x, prob.y, prob.cut, prob.device
     settings = settings.with_budget(int(x.shape[0]))
@@ -528,7 +530,8 @@ def _distill_one(teacher: Any, data: Any, layer: str | None, method: str, studen
     if method == "bregman":
         report("representation", 0.0, {})
         exported, coef_source = _fit_or_check_representation(
-            representation, prob.targets, cut, n_components, seed, pca_options, cache, x, settings.fit_rows)
+            representation, prob.targets, cut, n_components, seed, pca_options, cache, x, settings.fit_rows,
+            n_examples=prob.n_rows)
         report("representation", 0.8, {})
         coef_targets = coefficients(prob.targets, coef_source, cut.map_shape)
         rep_metrics = _representation_metrics(coef_source, exported)
@@ -639,8 +642,10 @@ def default_components(cut: Cut, n_rows: int) -> int | float:
 def _fit_or_check_representation(representation: Any, targets: TeacherTargets, cut: Cut,
                                   n_components: int | float | None, seed: int,
                                   pca_options: dict[str, Any] | None, cache: TargetCache | None,
-                                  x: Tensor, fit_rows: int | None = None) -> tuple[nn.Module, Any]:
-    """The exported layer and the object whose projections are the targets."""
+                                  x: Tensor, fit_rows: int | None = None, *,
+                                  n_examples: int | None = None) -> tuple[nn.Module, Any]:
+    """The exported layer and the object whose projections are the targets (x: the rows the
+    fit reads, copies included; ``n_examples``: the transfer examples, which cap the default k)."""
     if representation is not None:
         exported, source = _representation_parts(representation)
         if cut.map_shape is not None and getattr(exported, "layout", "flat") != "channels":
@@ -665,7 +670,9 @@ def _fit_or_check_representation(representation: Any, targets: TeacherTargets, c
     # float64 where it is cheap: the fit's normalization and projections are then exact to round-off
     a_fit = a.double() if a.numel() <= 20_000_000 else a
 
-    cap = default_k_cap(int(x.shape[0])) if n_components is None and isinstance(share_or_k, float) else None
+    # the cap counts the transfer examples, not their copies (which lie between them)
+    n_cap = int(x.shape[0]) if n_examples is None else int(n_examples)
+    cap = default_k_cap(n_cap) if n_components is None and isinstance(share_or_k, float) else None
 
     def fit() -> Any:
         # the share rule searches no further than the cap (a search past it, then a refit at the

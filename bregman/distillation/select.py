@@ -167,8 +167,9 @@ def auto_distill(teacher: Any, data: tuple[Any, Any], *, layer: str | None, stud
     if not candidates:
         raise ValueError("method='auto' has no candidate to train")
     # every candidate: the same rows, batch size and epochs (copies counted as distill counts them)
-    n_trained = int(x_tr.shape[0]) * (settings.augment_copies + 1)
-    budget = settings.with_budget(n_trained)
+    split_settings = settings.with_copies(int(x_tr.shape[0]), flat=x.dim() == 2)
+    n_trained = int(x_tr.shape[0]) * (split_settings.augment_copies + 1)
+    budget = split_settings.with_budget(n_trained)
     steps = math.ceil(n_trained / budget.batch_size) * budget.epochs
 
     if int(val_idx.numel()) < floor:

@@ -16,6 +16,11 @@ from bregman.distillation.methods import LossSettings
 #: default number of optimizer steps the epoch count aims at (see :func:`default_budget`)
 DEFAULT_TARGET_STEPS = 1500
 AUGMENTS = ("noise", "mixup")
+#: ``augment_copies=None`` (the default): this many teacher-labelled copies of every row for a
+#: transfer set of fewer than :data:`DEFAULT_COPIES_BELOW` flat examples, none otherwise (and
+#: none for image inputs, whose views are ``augment_views``); see :meth:`TrainSettings.with_copies`
+DEFAULT_COPIES = 10
+DEFAULT_COPIES_BELOW = 500
 
 
 def default_budget(n: int, batch_size: int | None = None, epochs: int | None = None) -> tuple[int, int]:
@@ -51,8 +56,10 @@ class TrainSettings(LossSettings):
         label) loss weights.
     coefficient_scaling, coefficient_loss : bregman's per-direction weights and robust loss
         (see :class:`bregman.distillation.methods.LossSettings`).
-    augment_copies : int, default 0
+    augment_copies : int, optional
         Teacher-labelled copies of every transfer row (see :mod:`bregman.distillation.augment`).
+        Default: :data:`DEFAULT_COPIES` for fewer than :data:`DEFAULT_COPIES_BELOW` flat
+        examples, else 0 (:meth:`with_copies`); 0 turns them off.
     augment_noise : float, default 0.3
         The noisy copies' noise, in units of the inputs' standard deviation.
     augment : {"noise", "mixup"}, default "noise"
@@ -78,7 +85,7 @@ class TrainSettings(LossSettings):
     weight_decay: float = 1e-4
     optimizer: str = "adamw"
     schedule: str = "cosine"
-    augment_copies: int = 0
+    augment_copies: int | None = None
     augment_noise: float = 0.3
     augment: str = "noise"
     augment_views: int = 0
@@ -112,6 +119,14 @@ class TrainSettings(LossSettings):
     def loss_settings(self) -> LossSettings:
         """The loss fields alone (what :func:`~bregman.distillation.methods.make_batch_loss` reads)."""
         return LossSettings(**{f.name: getattr(self, f.name) for f in fields(LossSettings)})
+
+    def with_copies(self, n: int, flat: bool = True) -> "TrainSettings":
+        """These settings with ``augment_copies`` decided for a transfer set of ``n`` examples
+        (``flat``: (N, features) inputs, not images): kept when given, else the default rule."""
+        if self.augment_copies is not None:
+            return self
+        copies = DEFAULT_COPIES if flat and n < DEFAULT_COPIES_BELOW else 0
+        return replace(self, augment_copies=copies)
 
     def with_budget(self, n: int) -> "TrainSettings":
         """These settings with the batch size and epochs filled in for ``n`` training rows."""

@@ -233,6 +233,22 @@ def test_augmented_copies_are_labelled_by_the_teacher_once():
         distill(digits_teacher_wrapped(), (x, y), method="kd", augment_copies=-2)
 
 
+def test_small_flat_transfer_sets_get_the_default_copies_and_large_ones_none():
+    from bregman.distillation.settings import DEFAULT_COPIES, DEFAULT_COPIES_BELOW, TrainSettings
+
+    x, y = transfer_subset(24)
+    small = distill(digits_teacher_wrapped(), (x, y), method="kd", epochs=1, measure_latency=False)
+    assert small.settings["augment_copies"] == DEFAULT_COPIES
+    assert small.metrics["n_trained_on"] == 24 * (DEFAULT_COPIES + 1)
+    off = distill(digits_teacher_wrapped(), (x, y), method="kd", augment_copies=0, epochs=1, measure_latency=False)
+    assert off.settings["augment_copies"] == 0 and off.metrics["n_trained_on"] == 24
+    # the rule itself: a given count is kept, flat sets below the threshold get copies, images none
+    assert TrainSettings().with_copies(DEFAULT_COPIES_BELOW - 1).augment_copies == DEFAULT_COPIES
+    assert TrainSettings().with_copies(DEFAULT_COPIES_BELOW).augment_copies == 0
+    assert TrainSettings().with_copies(10, flat=False).augment_copies == 0
+    assert TrainSettings(augment_copies=3).with_copies(10).augment_copies == 3
+
+
 def test_the_default_k_at_an_element_wise_layer_is_capped_by_the_rows(monkeypatch):
     """The share rule's k, at most max(16, n // 4) for n transfer rows (the quality benchmark:
     more coefficients than the rows can teach lost up to 6 points)."""

@@ -97,10 +97,14 @@ def test_the_table_equal_budgets_and_the_winner_retrained_on_every_row():
     assert result.metrics["selection_metric"] == "accuracy"
     assert result.metrics["selection_validation_rows"] == 20 and result.metrics["selection_training_rows"] == 60
     assert all(0.0 <= row["test_accuracy"] <= 1.0 for row in table)
-    # equal budgets: every candidate ran the same number of optimizer steps on the 60 training rows
+    # equal budgets: every candidate ran the same number of optimizer steps on the 60 training
+    # rows and their default copies (batch 16, 40 epochs)
+    from bregman.distillation.settings import DEFAULT_COPIES
+
     candidate_steps = {p: s for p, s in steps.items() if not p.startswith("final ")}
     assert len(candidate_steps) == 4 and len(set(candidate_steps.values())) == 1
-    assert set(candidate_steps.values()) == {int(result.metrics["selection_steps"])} == {40 * 4}
+    per_epoch = -(-60 * (DEFAULT_COPIES + 1) // 16)
+    assert set(candidate_steps.values()) == {int(result.metrics["selection_steps"])} == {40 * per_epoch}
     # the returned student is distill(method=<winner>) on every row, nothing else
     again = distill(digits_teacher_wrapped(), (x, y), method=result.method, n_components=chosen[0]["n_components"],
                     test=(ds.x_test, ds.y_test), seed=0, **FAST)
