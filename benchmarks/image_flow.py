@@ -183,7 +183,9 @@ def speed_row(args: argparse.Namespace) -> dict:
                    curves_cpu_s=c.get("export:curves"),
                    export_cpu_s=c.get("export", 0) + c.get("export:curves", 0),
                    fit_rows=json.loads((out / "job" / "report.json").read_text()).get("fit_rows") if (out / "job" / "report.json").exists() else None,
-                   n_iter=int(pca.n_iter_), explained=metrics["explained_divergence_ratio"])
+                   n_iter=int(pca.n_iter_), explained=metrics["explained_divergence_ratio"],
+                   starts=dict(getattr(pca, "starts_", {}) or {}),  # the multi-start's candidates (one fit each)
+                   fit_history_len=len(getattr(pca, "history_", []) or []))
     else:
         from workers.distillation import run_distillation
 
