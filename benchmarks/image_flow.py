@@ -130,13 +130,19 @@ def dataset_file(n: int) -> Path:
 class StubRun:
     """What a job module calls on its JobRun, recording when each phase starts."""
 
-    def __init__(self) -> None:
+    def __init__(self, label: str = "") -> None:
         self.t0 = time.perf_counter()
+        self.label = label  # phase starts are also appended to OUT/speed_row_phases.log as they happen
         self.starts: dict[str, tuple[float, float]] = {}  # phase -> (wall, CPU) at its start
         self.metrics: dict[str, Any] = {}
 
     def progress(self, phase: str, fraction: float, metrics: dict | None = None, span: Any = None) -> None:
-        self.starts.setdefault(phase, (time.perf_counter() - self.t0, time.process_time()))
+        for name, begins in ((phase, True), ("export:curves", phase == "export" and fraction >= 0.5)):
+            # (the representation job's projections end at export 0.5, then its curves start)
+            if begins and name not in self.starts:
+                self.starts[name] = (time.perf_counter() - self.t0, time.process_time())
+                with open(OUT / "speed_row_phases.log", "a") as fh:  # to follow a long row while it runs
+                    fh.write(f"{self.label} {name} wall {self.starts[name][0]:.1f} cpu {self.starts[name][1]:.1f}\n")
         self.metrics.update(metrics or {})
 
     def check(self) -> None:
@@ -150,6 +156,7 @@ class StubRun:
 
 
 def speed_row(args: argparse.Namespace) -> dict:
+    import os
     import tempfile
 
     import torch
@@ -163,7 +170,7 @@ def speed_row(args: argparse.Namespace) -> dict:
     rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     ds = validate_for_teacher(load_dataset_file(dataset_file(args.n)), teacher)
     load_s = time.perf_counter() - t0
-    run = StubRun()
+    run = StubRun(f"{args.job} {args.layout} n={args.n} pid={os.getpid()}")
     out = Path(tempfile.mkdtemp(prefix="image-flow-"))
     row: dict[str, Any] = {"job": args.job, "layout": args.layout, "n": args.n, "load_s": load_s}
     if args.job == "representation":
@@ -173,10 +180,17 @@ def speed_row(args: argparse.Namespace) -> dict:
                 "solver": {"max_iter": args.max_iter}, "budget": {}}
         metrics, pca = fit_representation(run, spec, teacher, ds, "0" * 64, out / "job")
         d, c = run.durations(), run.durations(cpu=True)
-        row.update(capture_s=d.get("capture"), fit_s=d.get("fit"), export_s=d.get("export"),
-                   capture_cpu_s=c.get("capture"), fit_cpu_s=c.get("fit"), export_cpu_s=c.get("export"),
+        # export = the layer's files, the projection of every train and test row (and the test
+        # score), then the divergence-against-k curves (export:curves)
+        row.update(capture_s=d.get("capture"), fit_s=d.get("fit"), projection_s=d.get("export"),
+                   curves_s=d.get("export:curves"), export_s=d.get("export", 0) + d.get("export:curves", 0),
+                   capture_cpu_s=c.get("capture"), fit_cpu_s=c.get("fit"), projection_cpu_s=c.get("export"),
+                   curves_cpu_s=c.get("export:curves"),
+                   export_cpu_s=c.get("export", 0) + c.get("export:curves", 0),
                    fit_rows=json.loads((out / "job" / "report.json").read_text()).get("fit_rows") if (out / "job" / "report.json").exists() else None,
-                   n_iter=int(pca.n_iter_), explained=metrics["explained_divergence_ratio"])
+                   n_iter=int(pca.n_iter_), explained=metrics["explained_divergence_ratio"],
+                   starts=dict(getattr(pca, "starts_", {}) or {}),  # the multi-start's candidates (one fit each)
+                   fit_history_len=len(getattr(pca, "history_", []) or []))
     else:
         from workers.distillation import run_distillation
 

@@ -597,7 +597,7 @@ def _distill_one(teacher: Any, data: Any, layer: str | None, method: str, studen
         k=k, representation=exported, metrics=metrics, history=history, student_manifest=student_manifest,
         settings={**settings.record(method), "seed": seed, "n_components": n_components, "layout": cut.layout},
         input_shape=prob.input_shape, outputs_are_probabilities=prob.probabilities,
-        example_input=x[:2].detach().cpu(),
+        example_input=x[:2].detach().cpu().clone(),  # not a view: it would hold the whole transfer set
     )
 
 

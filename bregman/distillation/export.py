@@ -23,10 +23,12 @@ logger = logging.getLogger(__name__)
 
 
 def _example_batch(example: Tensor) -> Tensor:
-    # two rows: with one row torch.export would specialize the batch dimension to 1
+    # two rows: with one row torch.export would specialize the batch dimension to 1. A copy, never
+    # a view: torch.export.save keeps the example inputs, and a view of the transfer set would
+    # carry its whole storage into the .pt2 (586 MiB, every training image, at 50,000 images)
     example = example.detach().cpu()
     if example.shape[0] >= 2:
-        return example[:2].contiguous()
+        return example[:2].clone(memory_format=torch.contiguous_format)
     return torch.cat([example[:1], example[:1]]).contiguous()
 
 
