@@ -476,7 +476,6 @@ class BregmanPCA:
             self._m, self._V = self._m.to(input_dtype), self._V.to(input_dtype)
             if self._train_coefficients is not None:
                 self._train_coefficients = self._train_coefficients.to(input_dtype)
-        src.dtype = input_dtype
         self.transfer_ = transfer
         self.n_components_ = int(self._V.shape[1])
         self.n_features_in_ = src.d
@@ -484,7 +483,7 @@ class BregmanPCA:
         self.ridge_ = 0.0 if transfer.name == "identity" else float(self.ridge)
         self.hessian_floor_ = float(transfer.hessian_floor)
         self._output_kind = src.output_kind
-        self._dtype = src.dtype
+        self._dtype = input_dtype
         self._device = src.device
         self.fit_time_s_ = time.perf_counter() - t0
 

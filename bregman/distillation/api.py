@@ -442,6 +442,7 @@ class _Problem:
     num_outputs: int
     device: torch.device
     teacher_module: nn.Module
+    settings: TrainSettings  # the given settings with augment_copies decided for these examples
 
 
 def _prepare(teacher: Any, data: Any, test: Any, layer: str | None, method: str, transfer: str | None,
@@ -464,6 +465,7 @@ def _prepare(teacher: Any, data: Any, test: Any, layer: str | None, method: str,
             raise ValueError(f"test inputs have per-example shape {tuple(test_x.shape[1:])}, the transfer set "
                              f"{input_shape}: they must match")
     n_rows = int(x.shape[0])
+    settings = settings.with_copies(n_rows, flat=x.dim() == 2)
     # before the budget: it counts the copies
     x, y = augmented_copies(x, y, settings.augment, settings.augment_copies, settings.augment_noise, seed)
     x, y = image_views(x, y, settings.augment_views, settings.augment_padding, settings.augment_flip, seed)
@@ -492,7 +494,7 @@ def _prepare(teacher: Any, data: Any, test: Any, layer: str | None, method: str,
     return _Problem(x=x, y=y, n_rows=n_rows, test_x=test_x, test_y=test_y, input_shape=input_shape, cut=cut,
                     targets=targets, targets_of=targets_of, to_logits=to_logits,
                     teacher_logits=to_logits(targets.outputs), probabilities=probabilities,
-                    num_outputs=num_outputs, device=dev, teacher_module=teacher_module)
+                    num_outputs=num_outputs, device=dev, teacher_module=teacher_module, settings=settings)
 
 
 def _coefficient_weights(coef: Tensor, scaling: str) -> Tensor | None:
@@ -512,11 +514,9 @@ def _distill_one(teacher: Any, data: Any, layer: str | None, method: str, studen
     n_components = _check_n_components(n_components)
     report = progress or (lambda phase, fraction, metrics: None)
     report("targets", 0.0, {})
-    x0 = _split_data(data, "data")[0]
-    settings = settings.with_copies(int(x0.shape[0]), flat=x0.dim() == 2)
     prob = _prepare(teacher, data, test, layer, method, transfer, settings, seed, cache, device, student)
     x, y, cut, dev = prob.x, prob.y, prob.cut, prob.device
-    settings = settings.with_budget(int(x.shape[0]))
+    settings = prob.settings.with_budget(int(x.shape[0]))
     losses = settings.loss_settings()
     if method == "hint" or (method == "bregman" and losses.divergence_weight > 0):
         # the loss reads the layer's map: held now, in the targets phase (a channels map: one more pass)
