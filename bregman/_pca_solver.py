@@ -772,7 +772,7 @@ class BregmanSolver:
 
     def _reduced_blocks(self, store: CoefStore, m, V):
         """Per row block at (m, V, C): Z, residual R = f(Â) − y, the Hessian weights and the
-        inverses of the rows' coefficient Hessians ``Vᵀ∇²F(â)V + λI``. Kept in memory
+        Cholesky factors of the rows' coefficient Hessians ``Vᵀ∇²F(â)V + λI``. Kept in memory
         for in-memory data (one computation per step), recomputed per pass for streamed data."""
         cache = getattr(self, "_red_cache", None)
         if cache is not None:
@@ -800,11 +800,7 @@ class BregmanSolver:
             if bool((info != 0).any()):
                 jitter = torch.diagonal(Hcc, dim1=-2, dim2=-1).abs().amax(-1).clamp_min(torch.finfo(self.dtype).tiny)
                 Lc, _ = torch.linalg.cholesky_ex(Hcc + (1e-6 * jitter)[:, None, None] * eye)
-            # Explicit inverses: every CG iteration solves with the same matrices, and a
-            # batched k x k product is many times cheaper than a batched cholesky_solve, which
-            # calls LAPACK once per row (workload (b) of fit_speed: 4.3 of 38 s went there).
-            # The products only shape a Newton-CG step that the line search then checks.
-            blk["Hinv"] = torch.cholesky_inverse(Lc)
+            blk["L"] = Lc
             if keep is not None:
                 keep.append(blk)
             yield blk
@@ -817,7 +813,7 @@ class BregmanSolver:
         optimal to first order, and U = Z Pᵀ (the change of Â at fixed C)."""
         U = blk["Z"] @ P.T
         b = self._apply_h(blk, U) @ V + blk["R"] @ P[:, : self.k]
-        w = (blk["Hinv"] @ b.unsqueeze(-1)).squeeze(-1)
+        w = torch.cholesky_solve(b.unsqueeze(-1), blk["L"]).squeeze(-1)
         return w, U
 
     def _reduced_hvp(self, store: CoefStore, m, V, P: torch.Tensor) -> torch.Tensor:
