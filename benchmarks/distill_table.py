@@ -187,6 +187,9 @@ RECIPES: dict[str, dict[str, Any]] = {
     "divergence only": {"divergence_weight": 1.0, "coefficient_weight": 0.0},
     "whiten": {"coefficient_scaling": "whiten"},
     "huber": {"coefficient_loss": "huber"},
+    "huber 0.3": {"coefficient_loss": "huber", "huber_delta": 0.3},
+    "huber 3": {"coefficient_loss": "huber", "huber_delta": 3.0},
+    "huber +divergence": {"coefficient_loss": "huber", "divergence_weight": 1.0},
     "3000 steps": {"epochs_factor": 2.0},
     "mixup x10": {"augment_copies": 10, "augment": "mixup"},
     "student 64": {"student": {"arch": "mlp", "hidden": [64]}},
@@ -451,6 +454,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--augment", choices=["shift", "noise", "mixup"], default="shift",
                         help="shift: the harness's one-pixel shifts plus noise (8x8 images); noise / mixup: the "
                              "library's distill(augment_copies=..., augment=...)")
+    parser.add_argument("--student-hidden", type=int, nargs="+", default=None,
+                        help=f"hidden widths of every method's student (default {STUDENT['hidden']}; a variant "
+                             "with a student of its own keeps it)")
     parser.add_argument("--out-dir", default=None)
     args = parser.parse_args(argv)
     if args.quick:
@@ -468,6 +474,9 @@ def main(argv: list[str] | None = None) -> int:
         if unknown:
             parser.error(f"unknown variants {sorted(unknown)}; known: {[v['name'] for v in all_variants]}")
         all_variants = [v for v in all_variants if v["name"] in args.methods]
+    student = dict(STUDENT, hidden=list(args.student_hidden)) if args.student_hidden else STUDENT
+    if args.student_hidden:  # the same student for every method: a fair comparison at another width
+        all_variants = [{**v, "settings": {"student": student, **(v.get("settings") or {})}} for v in all_variants]
     for name in args.tasks:
         print(f"{name}: teacher test accuracy {_WORKER['teacher_acc'][name]:.4f} (trained in "
               f"{_WORKER['teacher_time'][name]:.1f} s); pool {_WORKER['pool'][name].numel()} rows, validation "
@@ -559,7 +568,7 @@ def main(argv: list[str] | None = None) -> int:
                 "auto - best single, worst fraction": _signed(v.get("auto_worst_gap_points"))} for v in verdicts]
     report("distill_table", summary,
            params={"tasks": args.tasks, "fractions": args.fractions, "seeds": args.seeds,
-                   "tune_seeds": args.tune_seeds, "no_tune": args.no_tune, "student": STUDENT,
+                   "tune_seeds": args.tune_seeds, "no_tune": args.no_tune, "student": student,
                    "teacher": TEACHER_RECIPE, "lrs": args.lrs, "knobs": KNOBS, "jobs": args.jobs,
                    "augment_copies": args.augment_copies, "augment": args.augment,
                    "pool_rows": {t: int(_WORKER["pool"][t].numel()) for t in args.tasks}},

@@ -28,14 +28,15 @@ def coefficient_loss(c_hat: Tensor, c: Tensor) -> Tensor:
 
 
 def weighted_coefficient_loss(c_hat: Tensor, c: Tensor, weights: Tensor | None = None, *,
-                              robust: bool = False) -> Tensor:
+                              robust: bool = False, delta: float = 1.0) -> Tensor:
     """½ Σ_j w_j ρ(ĉ_j − c_j), batch mean: per-direction weights ``w`` and, with ``robust``, the
-    Huber ρ (quadratic up to 1, linear beyond: a confident example's large coefficient pulls no
-    harder than a unit error). ``weights=None`` and ``robust=False`` is :func:`coefficient_loss`."""
+    Huber ρ (quadratic up to ``delta``, linear beyond: a confident example's large coefficient
+    pulls no harder than an error of ``delta``). ``weights=None`` and ``robust=False`` is
+    :func:`coefficient_loss`."""
     if c_hat.shape != c.shape:
         raise ValueError(f"predicted coefficients have shape {tuple(c_hat.shape)}, targets {tuple(c.shape)}")
     if robust:
-        per = F.huber_loss(c_hat, c, reduction="none", delta=1.0)  # ½e² for |e| <= 1
+        per = F.huber_loss(c_hat, c, reduction="none", delta=float(delta))  # ½e² for |e| <= delta
     else:
         per = 0.5 * (c_hat - c) ** 2
     if weights is not None:

@@ -84,6 +84,9 @@ class LossSettings:
         ``mean_j E[c²] / E[c_j²]`` (every direction equally, instead of by its divergence).
     coefficient_loss : {"squared", "huber"}, default "squared"
         ``bregman``: the Huber loss bounds the pull of large coefficient errors.
+    huber_delta : float, default 1.0
+        ``bregman`` with ``coefficient_loss="huber"``: the error (in coefficient units) where
+        the loss turns from quadratic to linear.
     """
 
     temperature: float = 4.0
@@ -94,6 +97,7 @@ class LossSettings:
     soft_label_weight: float = 0.0
     coefficient_scaling: str = "none"
     coefficient_loss: str = "squared"
+    huber_delta: float = 1.0
 
     def __post_init__(self) -> None:
         if self.coefficient_scaling not in COEFFICIENT_SCALINGS:
@@ -102,6 +106,8 @@ class LossSettings:
         if self.coefficient_loss not in COEFFICIENT_LOSSES:
             raise MethodError(f"coefficient_loss must be one of {', '.join(COEFFICIENT_LOSSES)}, "
                               f"got {self.coefficient_loss!r}")
+        if not self.huber_delta > 0:
+            raise MethodError(f"huber_delta must be positive, got {self.huber_delta}")
         if not self.temperature > 0:
             raise MethodError(f"temperature must be positive, got {self.temperature}")
         if not 0.0 <= self.alpha <= 1.0:
@@ -114,7 +120,7 @@ class LossSettings:
         """The settings that matter to ``method`` (for manifests and reports)."""
         keep = {"kd": ("temperature", "alpha"), "hint": ("label_weight",),
                 "bregman": ("coefficient_weight", "divergence_weight", "label_weight", "soft_label_weight",
-                            "coefficient_scaling", "coefficient_loss"), "labels": ()}[method]
+                            "coefficient_scaling", "coefficient_loss", "huber_delta"), "labels": ()}[method]
         return {k: v for k, v in asdict(self).items() if k in keep}
 
 
@@ -282,7 +288,8 @@ def make_batch_loss(
             coef = coefficient_loss(c_hat, tensors["coefficients"])
         else:
             coef = weighted_coefficient_loss(c_hat, tensors["coefficients"], coefficient_weights,
-                                             robust=settings.coefficient_loss == "huber")
+                                             robust=settings.coefficient_loss == "huber",
+                                             delta=settings.huber_delta)
         if not (use_divergence or use_labels or use_soft):  # the loss is the coefficient term alone
             return (coef if settings.coefficient_weight == 1 else settings.coefficient_weight * coef), {}
         metrics = {"coefficient_loss": coef.detach()}

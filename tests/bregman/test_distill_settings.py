@@ -19,6 +19,8 @@ def test_settings_from_a_jobs_options_keep_defaults_for_none_and_refuse_unknown_
         TrainSettings.from_options({"learning_rate": 0.1})
     with pytest.raises(MethodError, match="alpha"):
         TrainSettings(alpha=2.0)
+    with pytest.raises(MethodError, match="huber_delta must be positive"):
+        TrainSettings(huber_delta=0.0)
     with pytest.raises(ValueError, match="augment must be"):
         TrainSettings(augment="rotate")
     filled = s.with_budget(100)
@@ -27,6 +29,7 @@ def test_settings_from_a_jobs_options_keep_defaults_for_none_and_refuse_unknown_
     record = s.record("kd")
     assert record["temperature"] == 4.0 and "label_weight" not in record and record["augment_noise"] is None
     assert "coefficient_loss" in s.record("bregman") and "temperature" not in s.record("bregman")
+    assert s.record("bregman")["huber_delta"] == 1.0 and "huber_delta" not in s.record("hint")
 
 
 def test_mixed_copies_lie_nearer_their_own_row_and_keep_its_label():
@@ -64,6 +67,10 @@ def test_weighted_and_robust_coefficient_losses():
     # Huber: ½e² up to |e| = 1, |e| − ½ beyond (3.0 → 2.5 instead of 4.5)
     per_row = 0.5 * (0.1**2 + 0.2**2 + 0.5**2) + 2.5
     assert weighted_coefficient_loss(c_hat, c, robust=True).item() == pytest.approx(per_row, rel=1e-5)
+    # delta 0.3: δ(|e| − δ/2) beyond 0.3 (0.5 → 0.105, 3.0 → 0.855); delta 4: all quadratic
+    per_row = 0.5 * (0.1**2 + 0.2**2) + 0.3 * (0.5 - 0.15) + 0.3 * (3.0 - 0.15)
+    assert weighted_coefficient_loss(c_hat, c, robust=True, delta=0.3).item() == pytest.approx(per_row, rel=1e-5)
+    assert torch.allclose(weighted_coefficient_loss(c_hat, c, robust=True, delta=4.0), coefficient_loss(c_hat, c))
     coef = torch.tensor([[3.0, 1.0, 0.1], [-3.0, -1.0, 0.1]])
     weights = _coefficient_weights(coef, "whiten")
     second = torch.tensor([9.0, 1.0, 0.01])
