@@ -186,10 +186,9 @@ RECIPES: dict[str, dict[str, Any]] = {
     "+divergence": {"divergence_weight": 1.0},
     "divergence only": {"divergence_weight": 1.0, "coefficient_weight": 0.0},
     "whiten": {"coefficient_scaling": "whiten"},
-    "huber": {"coefficient_loss": "huber"},
-    "huber 0.3": {"coefficient_loss": "huber", "huber_delta": 0.3},
-    "huber 3": {"coefficient_loss": "huber", "huber_delta": 3.0},
-    "huber +divergence": {"coefficient_loss": "huber", "divergence_weight": 1.0},
+    "squared": {"coefficient_loss": "squared"},  # the default before session 7 (now: huber, delta 1)
+    "huber 0.3": {"huber_delta": 0.3},
+    "huber 3": {"huber_delta": 3.0},
     "3000 steps": {"epochs_factor": 2.0},
     "mixup x10": {"augment_copies": 10, "augment": "mixup"},
     "student 64": {"student": {"arch": "mlp", "hidden": [64]}},

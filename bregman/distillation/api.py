@@ -357,7 +357,8 @@ def distill(
         and about 1500 steps), ``lr`` (3e-3), ``weight_decay`` (1e-4), ``optimizer``
         ("adamw"), ``schedule`` ("cosine"), ``temperature`` (kd, 4.0), ``alpha`` (kd, 0.9),
         ``coefficient_weight`` (1.0), ``divergence_weight`` (0.0), ``label_weight`` (0.0),
-        ``soft_label_weight`` (0.0), ``coefficient_scaling`` ("none"), ``coefficient_loss`` ("squared"),
+        ``soft_label_weight`` (0.0), ``coefficient_scaling`` ("none"), ``coefficient_loss``
+        ("huber"; or "squared"), ``huber_delta`` (1.0),
         ``augment_copies`` (teacher-labelled copies of each row; default 10 for fewer than
         500 flat examples, else 0; the default budget counts them), ``augment_noise`` (0.3), ``augment`` ("noise" or "mixup"),
         ``augment_views`` / ``augment_padding`` / ``augment_flip`` (image views, 0 / 4 / True),

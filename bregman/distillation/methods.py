@@ -82,8 +82,11 @@ class LossSettings:
     coefficient_scaling : {"none", "whiten"}, default "none"
         ``bregman``: ``"whiten"`` weighs direction j of the coefficient loss by
         ``mean_j E[c²] / E[c_j²]`` (every direction equally, instead of by its divergence).
-    coefficient_loss : {"squared", "huber"}, default "squared"
-        ``bregman``: the Huber loss bounds the pull of large coefficient errors.
+    coefficient_loss : {"huber", "squared"}, default "huber"
+        ``bregman``: the Huber loss (the default) bounds the pull of large coefficient errors;
+        ``"squared"`` is ½‖ĉ − c‖². Measured (distill_table, 3 seeds, classif20 and digits-hard
+        at 2 / 5 / 10 %): Huber at delta 1 ahead of squared in all six cells, +1.58 points on
+        average (delta 0.3: +0.83, delta 3: +1.09).
     huber_delta : float, default 1.0
         ``bregman`` with ``coefficient_loss="huber"``: the error (in coefficient units) where
         the loss turns from quadratic to linear.
@@ -96,7 +99,7 @@ class LossSettings:
     label_weight: float = 0.0
     soft_label_weight: float = 0.0
     coefficient_scaling: str = "none"
-    coefficient_loss: str = "squared"
+    coefficient_loss: str = "huber"
     huber_delta: float = 1.0
 
     def __post_init__(self) -> None:
