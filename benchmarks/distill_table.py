@@ -177,7 +177,10 @@ def variants(all_variants: bool = False) -> list[dict[str, Any]]:
             {"name": "hint@logits", "method": "hint", "layer": "4", "k": None},
             {"name": "bregman@logits", "method": "bregman", "layer": "4", "k": None},
         ] + [{"name": f"bregman {name}", "method": "bregman", "layer": None, "k": None, "settings": settings}
-             for name, settings in RECIPES.items()]
+             for name, settings in RECIPES.items()] + [
+            {"name": "bregman k=16 squared", "method": "bregman", "layer": None, "k": 16,
+             "settings": RECIPES["squared"]},
+        ]
     return rows
 
 
@@ -186,9 +189,11 @@ RECIPES: dict[str, dict[str, Any]] = {
     "+divergence": {"divergence_weight": 1.0},
     "divergence only": {"divergence_weight": 1.0, "coefficient_weight": 0.0},
     "whiten": {"coefficient_scaling": "whiten"},
-    "squared": {"coefficient_loss": "squared"},  # the default before session 7 (now: huber, delta 1)
-    "huber 0.3": {"huber_delta": 0.3},
-    "huber 3": {"huber_delta": 3.0},
+    # the coefficient loss; the default ("auto") is huber with copies, squared without
+    "squared": {"coefficient_loss": "squared"},
+    "huber": {"coefficient_loss": "huber"},
+    "huber 0.3": {"coefficient_loss": "huber", "huber_delta": 0.3},
+    "huber 3": {"coefficient_loss": "huber", "huber_delta": 3.0},
     "3000 steps": {"epochs_factor": 2.0},
     "mixup x10": {"augment_copies": 10, "augment": "mixup"},
     "student 64": {"student": {"arch": "mlp", "hidden": [64]}},

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import asdict, dataclass
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, ClassVar, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -82,15 +82,16 @@ class LossSettings:
     coefficient_scaling : {"none", "whiten"}, default "none"
         ``bregman``: ``"whiten"`` weighs direction j of the coefficient loss by
         ``mean_j E[c²] / E[c_j²]`` (every direction equally, instead of by its divergence).
-    coefficient_loss : {"huber", "squared"}, default "huber"
-        ``bregman``: the Huber loss (the default) bounds the pull of large coefficient errors;
-        ``"squared"`` is ½‖ĉ − c‖². Measured (distill_table, 3 seeds, classif20 and digits-hard
-        at 2 / 5 / 10 %): Huber at delta 1 ahead of squared in all six cells, +1.58 points on
-        average (delta 0.3: +0.83, delta 3: +1.09).
+    coefficient_loss : {"squared", "huber"}, default "squared"
+        ``bregman``: ½‖ĉ − c‖², or the Huber loss, which bounds the pull of large coefficient
+        errors. (:class:`~bregman.distillation.settings.TrainSettings` defaults to ``"auto"``:
+        Huber on a transfer set with teacher-labelled copies, where it measured ahead.)
     huber_delta : float, default 1.0
         ``bregman`` with ``coefficient_loss="huber"``: the error (in coefficient units) where
         the loss turns from quadratic to linear.
     """
+
+    _coefficient_loss_choices: ClassVar[tuple[str, ...]] = COEFFICIENT_LOSSES
 
     temperature: float = 4.0
     alpha: float = 0.9
@@ -99,15 +100,15 @@ class LossSettings:
     label_weight: float = 0.0
     soft_label_weight: float = 0.0
     coefficient_scaling: str = "none"
-    coefficient_loss: str = "huber"
+    coefficient_loss: str = "squared"
     huber_delta: float = 1.0
 
     def __post_init__(self) -> None:
         if self.coefficient_scaling not in COEFFICIENT_SCALINGS:
             raise MethodError(f"coefficient_scaling must be one of {', '.join(COEFFICIENT_SCALINGS)}, "
                               f"got {self.coefficient_scaling!r}")
-        if self.coefficient_loss not in COEFFICIENT_LOSSES:
-            raise MethodError(f"coefficient_loss must be one of {', '.join(COEFFICIENT_LOSSES)}, "
+        if self.coefficient_loss not in self._coefficient_loss_choices:
+            raise MethodError(f"coefficient_loss must be one of {', '.join(self._coefficient_loss_choices)}, "
                               f"got {self.coefficient_loss!r}")
         if not self.huber_delta > 0:
             raise MethodError(f"huber_delta must be positive, got {self.huber_delta}")
@@ -233,6 +234,9 @@ def make_batch_loss(
     weigh the directions of bregman's coefficient loss (``coefficient_scaling="whiten"``).
     """
     check_method(method)
+    if settings.coefficient_loss not in COEFFICIENT_LOSSES:  # e.g. TrainSettings' unresolved "auto"
+        raise MethodError(f"coefficient_loss {settings.coefficient_loss!r} is not a loss: pass "
+                          f"TrainSettings.loss_settings(), which resolves it to one of {', '.join(COEFFICIENT_LOSSES)}")
     to_logits = outputs_to_logits or (lambda out: out)
 
     if method == "labels":

@@ -8,7 +8,7 @@ from bregman.distillation import TrainSettings, default_budget
 from bregman.distillation.api import _coefficient_weights
 from bregman.distillation.augment import augmented_copies, mixed_copies, noisy_copies
 from bregman.distillation.losses import coefficient_loss, weighted_coefficient_loss
-from bregman.distillation.methods import MethodError
+from bregman.distillation.methods import LossSettings, MethodError
 
 
 def test_settings_from_a_jobs_options_keep_defaults_for_none_and_refuse_unknown_names():
@@ -30,6 +30,26 @@ def test_settings_from_a_jobs_options_keep_defaults_for_none_and_refuse_unknown_
     assert record["temperature"] == 4.0 and "label_weight" not in record and record["augment_noise"] is None
     assert "coefficient_loss" in s.record("bregman") and "temperature" not in s.record("bregman")
     assert s.record("bregman")["huber_delta"] == 1.0 and "huber_delta" not in s.record("hint")
+
+
+def test_auto_coefficient_loss_is_huber_with_copies_and_squared_without():
+    from bregman.distillation.methods import make_batch_loss
+
+    auto = TrainSettings()
+    assert auto.coefficient_loss == "auto" and LossSettings().coefficient_loss == "squared"
+    assert auto.with_copies(100).loss_settings().coefficient_loss == "huber"  # default copies below 500
+    assert auto.with_copies(600).loss_settings().coefficient_loss == "squared"
+    assert TrainSettings(augment_copies=3).loss_settings().coefficient_loss == "huber"
+    assert TrainSettings(augment_copies=0).with_copies(100).loss_settings().coefficient_loss == "squared"
+    assert TrainSettings(coefficient_loss="squared", augment_copies=5).loss_settings().coefficient_loss == "squared"
+    assert TrainSettings(coefficient_loss="huber").loss_settings().coefficient_loss == "huber"
+    assert auto.with_copies(100).record("bregman")["coefficient_loss"] == "huber"  # what the manifest keeps
+    with pytest.raises(MethodError, match="coefficient_loss must be one of"):
+        LossSettings(coefficient_loss="auto")  # a loss, not a rule
+    with pytest.raises(MethodError, match="coefficient_loss must be one of"):
+        TrainSettings(coefficient_loss="l1")
+    with pytest.raises(MethodError, match="loss_settings"):
+        make_batch_loss("bregman", auto, has_labels=False)
 
 
 def test_mixed_copies_lie_nearer_their_own_row_and_keep_its_label():
