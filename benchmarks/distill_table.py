@@ -295,6 +295,12 @@ def run_one(task_name, rows, variant, config, seed, eval_x, eval_y) -> dict[str,
            "train_time_s": m["train_time_s"], "method": result.method}
     if "test_representation_accuracy" in m:
         out["representation_accuracy"] = m["test_representation_accuracy"]
+    if "selection" in m:  # auto: every candidate's validation scores, to study selection rules offline
+        out["selection"] = [{key: row.get(key) for key in ("candidate", "method", "k", "n_components",
+                                                             "validation_score", "validation_agreement",
+                                                             "validation_kl_to_teacher", "test_accuracy", "chosen")}
+                            for row in m["selection"]]
+        out["selection_validation_rows"] = m.get("selection_validation_rows")
     return out
 
 

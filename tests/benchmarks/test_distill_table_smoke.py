@@ -26,6 +26,11 @@ def test_two_workers_write_table_ceilings_and_verdict(tmp_path: Path) -> None:
     assert 0.5 < breg["ceiling"] <= 1.0 and "ceiling" not in chosen["digits|kd|0.1"]
     assert set(chosen["digits|auto|0.1"]["chosen_methods"]) <= {"bregman", "kd", "hint", "labels"}
     assert len(payload["runs"]) == 6 and {r["seed"] for r in payload["runs"]} == {0, 1}
+    for run in (r for r in payload["runs"] if r["variant"] == "auto"):  # kept for offline study of the rule
+        table = run["selection"]
+        assert len(table) >= 4 and sum(row["chosen"] for row in table) == 1
+        assert run["selection_validation_rows"] >= 20 and all(0 <= row["validation_score"] <= 1 for row in table)
+        assert next(row["method"] for row in table if row["chosen"]) == run["method"]
     (verdict,) = payload["verdicts"]
     (row,) = verdict["per_fraction"]
     assert row["best_baseline"] == "kd" and row["best_bregman"] == "bregman k=16"
