@@ -1,6 +1,8 @@
 """``distill(method="auto")``: the split, the table, equal budgets, and a test split it never reads."""
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -91,8 +93,15 @@ def test_the_table_equal_budgets_and_the_winner_retrained_on_every_row():
     assert [row["candidate"] for row in table] == ["bregman k=8", "hint", "kd", "labels"]
     chosen = [row for row in table if row["chosen"]]
     assert len(chosen) == 1 and chosen[0]["method"] == result.method
+    # the best score, or the first candidate when nothing beats it by more than the margin
     best = max(row["validation_score"] for row in table)
-    assert chosen[0]["validation_score"] == best
+    margin = result.metrics["selection_margin"]
+    assert margin == pytest.approx(2 * math.sqrt(max(table[0]["validation_score"] * (1 - table[0]["validation_score"]),
+                                                     1 / 20) / 20))
+    if best > table[0]["validation_score"] + margin:
+        assert chosen[0]["validation_score"] == best
+    else:
+        assert chosen[0] is table[0] and (best == table[0]["validation_score"] or "kept" in table[0]["reason"])
     assert all(row["validation_score"] == row["validation_accuracy"] for row in table)  # labels: accuracy
     assert result.metrics["selection_metric"] == "accuracy"
     assert result.metrics["selection_validation_rows"] == 20 and result.metrics["selection_training_rows"] == 60
@@ -151,3 +160,21 @@ def test_auto_rejects_what_it_cannot_split():
         distill(digits_teacher_wrapped(), (x, y), method="auto", validation_fraction=0.0, **FAST)
     with pytest.raises(ValueError, match="candidates"):
         distill(digits_teacher_wrapped(), (x, y), method="kd", candidates=CANDIDATES, **FAST)
+
+
+def test_choose_keeps_the_first_candidate_unless_another_beats_it_by_the_margin():
+    from bregman.distillation.select import choose
+
+    def rows(*scores, agreement=None):
+        return [{"validation_score": sc, "validation_agreement": (agreement or scores)[j],
+                 "validation_kl_to_teacher": 0.1} for j, sc in enumerate(scores)]
+
+    # 100 rows, first at 0.80: one standard error is 0.04, the margin 0.08
+    index, margin = choose(rows(0.80, 0.87, 0.85), 100)
+    assert index == 0 and margin == pytest.approx(0.08)
+    assert choose(rows(0.80, 0.89, 0.85), 100)[0] == 1  # 0.09 > 0.08: displaced
+    assert choose(rows(0.80, 0.87, 0.85), 100, z=1.0)[0] == 1  # a smaller margin
+    assert choose(rows(0.80, 0.87, 0.85), 100, z=0.0)[0] == 1  # z = 0: the plain argmax
+    # a perfect first score still has a margin (1/n floor), and ties go by agreement
+    assert choose(rows(1.0, 1.0), 50)[1] == pytest.approx(2 * math.sqrt(1 / 50 / 50))
+    assert choose(rows(0.5, 0.9, 0.9, agreement=(0.5, 0.8, 0.95)), 400)[0] == 2

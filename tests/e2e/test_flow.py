@@ -146,7 +146,9 @@ def test_auto_distillation_job_reports_its_choice(client, teacher):
     names = [row["candidate"] for row in table]
     assert {"hint", "kd", "labels"} <= set(names) and any(n.startswith("bregman k=") for n in names), names
     (winner,) = [row for row in table if row["chosen"]]
-    assert winner["validation_score"] == max(row["validation_score"] for row in table)
+    best = max(row["validation_score"] for row in table)  # or the first, unless beaten by the margin
+    margin = job["metrics"]["selection_margin"]
+    assert winner["validation_score"] == best if best > table[0]["validation_score"] + margin else winner is table[0]
     assert job["metrics"]["method"] == winner["method"] == job["metrics"]["selected_method"]
     assert all(isinstance(row["test_accuracy"], float) for row in table)
     # the progress names the candidates as they train ("auto:<candidate>:<phase>")
