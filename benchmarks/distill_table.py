@@ -484,8 +484,9 @@ def main(argv: list[str] | None = None) -> int:
         if unknown:
             parser.error(f"unknown variants {sorted(unknown)}; known: {[v['name'] for v in all_variants]}")
         all_variants = [v for v in all_variants if v["name"] in args.methods]
-    student = dict(STUDENT, hidden=list(args.student_hidden)) if args.student_hidden else STUDENT
+    student = STUDENT
     if args.student_hidden:  # the same student for every method: a fair comparison at another width
+        student = dict(STUDENT, hidden=list(args.student_hidden))
         all_variants = [{**v, "settings": {"student": student, **(v.get("settings") or {})}} for v in all_variants]
     for name in args.tasks:
         print(f"{name}: teacher test accuracy {_WORKER['teacher_acc'][name]:.4f} (trained in "
