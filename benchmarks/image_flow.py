@@ -238,6 +238,19 @@ def part_speed(args: argparse.Namespace) -> list[dict]:
 
 
 # ------------------------------------------------------------------------------- quality rows
+#: The quality part's rows: a name, the method and the training settings it changes (recipe
+#: variants of bregman beside the defaults, compared on the same seeds and budgets).
+QUALITY_VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
+    "labels": ("labels", {}),
+    "kd": ("kd", {}),
+    "hint": ("hint", {}),
+    "bregman": ("bregman", {}),
+    "bregman huber": ("bregman", {"coefficient_loss": "huber"}),
+    "bregman huber 3": ("bregman", {"coefficient_loss": "huber", "huber_delta": 3.0}),
+    "bregman huber 0.3": ("bregman", {"coefficient_loss": "huber", "huber_delta": 0.3}),
+}
+
+
 def part_quality(args: argparse.Namespace) -> list[dict]:
     import torch
 
@@ -261,16 +274,18 @@ def part_quality(args: argparse.Namespace) -> list[dict]:
             x, y = as_float(x_pool[idx]), y_pool[idx]
             cache = TargetCache()
             for sname in args.students:
-                runs = [("labels", "flat"), ("kd", "flat"), ("hint", "channels"), ("bregman", "channels")]
+                runs = [(name, "channels" if QUALITY_VARIANTS[name][0] in ("hint", "bregman") else "flat")
+                        for name in args.methods]
                 if sname == "resnet8" and args.with_flat:
                     runs.append(("bregman", "flat"))
-                for method, layout in runs:
+                for name, layout in runs:
+                    method, extra = QUALITY_VARIANTS[name]
                     t0 = time.perf_counter()
                     r = distill(teacher, (x, y), layer=LAYER, method=method, student=students[sname],
                                 n_components=args.k, seed=seed, test=(xt, yt), epochs=epochs, batch_size=64,
                                 layout=layout, cache=cache, measure_latency=False,
-                                pca_options={"max_iter": args.max_iter})
-                    row = {"fraction": fraction, "n": n, "seed": seed, "student": sname, "method": method,
+                                pca_options={"max_iter": args.max_iter}, **extra)
+                    row = {"fraction": fraction, "n": n, "seed": seed, "student": sname, "method": name,
                            "layout": layout if method in ("bregman", "hint") else "", "epochs": epochs,
                            "test_accuracy": r.metrics["test_accuracy"], "teacher": r.metrics["test_teacher_accuracy"],
                            "time_s": time.perf_counter() - t0,
@@ -385,6 +400,8 @@ def main() -> None:
     ap.add_argument("--fractions", nargs="+", type=float, default=[0.02, 0.1])
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     ap.add_argument("--students", nargs="+", default=["cnn", "resnet8"])
+    ap.add_argument("--methods", nargs="+", default=["labels", "kd", "hint", "bregman"], choices=list(QUALITY_VARIANTS),
+                    help="quality rows: methods and bregman's recipe variants")
     ap.add_argument("--with-flat", action="store_true", help="also bregman through the flat layout (slow fit)")
     ap.add_argument("--steps", type=int, default=300, help="optimizer steps of 64 images per student (sets epochs)")
     ap.add_argument("--views", type=int, default=4)

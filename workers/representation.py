@@ -41,6 +41,7 @@ from typing import Any
 
 import torch
 
+from bregman.distillation.targets import exact_coefficients
 from bregman.layouts import map_of_rows
 from workers.loading import resolve_device, subsample
 from workers.runtime import JobRun
@@ -210,7 +211,7 @@ def _fit(run: JobRun, spec: dict[str, Any], teacher: Any, dataset: Any, teacher_
         # every position is projected (never subsampled); channels coefficients are saved as maps
         parts, done, total = [], 0, max(1, int(acts.shape[0]))
         for c in _chunks(acts):
-            coef = torch.as_tensor(pca.transform(c)).detach().cpu().float()
+            coef = exact_coefficients(pca, torch.as_tensor(c)).detach().cpu().float()
             parts.append(map_of_rows(coef, cut.map_shape[1:]) if cut.map_shape is not None else coef)
             done += int(c.shape[0])
             run.progress("export", start + width * done / total)

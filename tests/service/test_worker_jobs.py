@@ -100,3 +100,34 @@ def test_divergence_curves_fit_each_k_on_its_own(tmp_path, teacher_and_data):
     assert len(report["explained_divergence_ratio_by_component"]) == 3
     assert representation._curve_ks(40) == sorted(set(representation._curve_ks(40)))
     assert representation._curve_ks(40)[0] == 1 and representation._curve_ks(40)[-1] == 40
+
+
+def test_saved_coefficients_are_the_float64_projection(tmp_path, teacher_and_data, monkeypatch):
+    """coefficients.safetensors holds what a student would regress on: every row's coefficients
+    solved in float64 (a float32 solve leaves them loose along flat directions), then stored as
+    float32. Held against the job's own estimator projecting the captured rows in float64."""
+    teacher, ds = teacher_and_data
+    out = tmp_path / "f"
+    out.mkdir()
+    captured: dict = {}
+    real_capture = representation._capture
+
+    def spy(body, x, d, work_dir, name, progress=None):
+        got = real_capture(body, x, d, work_dir, name, progress)
+        captured[name] = got.clone() if isinstance(got, torch.Tensor) else None
+        return got
+
+    monkeypatch.setattr(representation, "_capture", spy)
+    with _run(tmp_path, "rf") as run:
+        _, est = representation.fit_representation(run, dict(SPEC), teacher, ds, "ab" * 32, out)
+    from safetensors.torch import load_file
+
+    saved = load_file(str(out / "coefficients.safetensors"))
+    for split in ("train", "test"):
+        exact = torch.as_tensor(est.transform(captured[split].double()))
+        assert saved[split].dtype == torch.float32
+        # float32 storage of float64 answers: round-off of the stored values only
+        assert torch.allclose(saved[split].double(), exact, rtol=1e-6, atol=1e-6), \
+            float((saved[split].double() - exact).abs().max())
+        single = torch.as_tensor(est.transform(captured[split].float())).double()
+        assert not torch.allclose(single, exact, rtol=1e-6, atol=1e-6)  # the check can tell the two apart
