@@ -161,6 +161,11 @@ class DistillOptions(BaseModel):
     label_weight: float | None = Field(None, ge=0)
     soft_label_weight: float | None = Field(None, ge=0, description=(
         "bregman: weight of kd's soft-label term on the deployed model's output (through the imported layer and head)."))
+    coefficient_loss: Literal["auto", "huber", "squared"] | None = Field(None, description=(
+        "bregman: the loss on the coefficients. auto (default): Huber where the transfer set has "
+        "teacher-labelled copies, squared otherwise (the quality benchmark's measured choice)."))
+    huber_delta: float | None = Field(None, gt=0, le=1e6, description=(
+        "The Huber loss's threshold, in coefficient units (default 1)."))
     augment_copies: int | None = Field(None, ge=0, le=100, description=(
         "Copies of every transfer row, labelled by the teacher (default: 10 below 500 flat examples, "
         "else none; 0 turns them off)."))

@@ -32,6 +32,10 @@ def test_kind_selects_the_spec():
      "augment_copies"),
     ({"kind": "distillation", "teacher_id": "t", "dataset": "d", "layer": "0", "options": {"augment_noise": -1}},
      "augment_noise"),
+    ({"kind": "distillation", "teacher_id": "t", "dataset": "d", "layer": "0",
+      "options": {"coefficient_loss": "l1"}}, "coefficient_loss"),
+    ({"kind": "distillation", "teacher_id": "t", "dataset": "d", "layer": "0", "options": {"huber_delta": 0}},
+     "huber_delta"),
     ({"kind": "compress", "teacher_id": "t", "dataset": "d"}, "kind"),
 ])
 def test_bad_specs_name_the_field(spec, field):
@@ -62,3 +66,19 @@ def test_examples_validate():
             model.model_validate(example)
     api_schemas.JobOut.model_validate(api_schemas.JobOut.model_config["json_schema_extra"]["examples"][0])
     api_schemas.TeacherOut.model_validate(api_schemas.TeacherOut.model_config["json_schema_extra"]["examples"][0])
+
+
+def test_loss_options_reach_the_training_settings():
+    """The job's coefficient_loss and huber_delta are the library's settings (resolved as the
+    library resolves them): what the worker builds from the spec's options."""
+    from bregman.distillation.settings import TrainSettings
+
+    dis = spec_adapter.validate_python({"kind": "distillation", "teacher_id": "t", "dataset": "d", "layer": "0",
+                                        "options": {"coefficient_loss": "huber", "huber_delta": 0.5}})
+    loss = TrainSettings.from_options(dis.options.model_dump()).loss_settings()
+    assert (loss.coefficient_loss, loss.huber_delta) == ("huber", 0.5)
+    plain = spec_adapter.validate_python({"kind": "distillation", "teacher_id": "t", "dataset": "d", "layer": "0"})
+    settings = TrainSettings.from_options(plain.options.model_dump())
+    assert settings.coefficient_loss == "auto"
+    assert settings.with_copies(100).loss_settings().coefficient_loss == "huber"
+    assert settings.with_copies(1000).loss_settings().coefficient_loss == "squared"
