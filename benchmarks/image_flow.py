@@ -248,6 +248,14 @@ QUALITY_VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     "bregman huber": ("bregman", {"coefficient_loss": "huber"}),
     "bregman huber 3": ("bregman", {"coefficient_loss": "huber", "huber_delta": 3.0}),
     "bregman huber 0.3": ("bregman", {"coefficient_loss": "huber", "huber_delta": 0.3}),
+    "bregman +div": ("bregman", {"divergence_weight": 1.0}),
+    "bregman +soft 1": ("bregman", {"soft_label_weight": 1.0}),
+    "bregman huber +soft 10": ("bregman", {"coefficient_loss": "huber", "soft_label_weight": 10.0}),
+    "bregman huber +soft 100": ("bregman", {"coefficient_loss": "huber", "soft_label_weight": 100.0}),
+    "bregman huber +labels 10": ("bregman", {"coefficient_loss": "huber", "label_weight": 10.0}),
+    "bregman huber +labels 100": ("bregman", {"coefficient_loss": "huber", "label_weight": 100.0}),
+    "bregman k=32": ("bregman", {"n_components": 32}),
+    "bregman k=8": ("bregman", {"n_components": 8}),
 }
 
 
@@ -280,9 +288,11 @@ def part_quality(args: argparse.Namespace) -> list[dict]:
                     runs.append(("bregman", "flat"))
                 for name, layout in runs:
                     method, extra = QUALITY_VARIANTS[name]
+                    extra = dict(extra)
+                    k = extra.pop("n_components", args.k)
                     t0 = time.perf_counter()
                     r = distill(teacher, (x, y), layer=LAYER, method=method, student=students[sname],
-                                n_components=args.k, seed=seed, test=(xt, yt), epochs=epochs, batch_size=64,
+                                n_components=k, seed=seed, test=(xt, yt), epochs=epochs, batch_size=64,
                                 layout=layout, cache=cache, measure_latency=False,
                                 pca_options={"max_iter": args.max_iter}, **extra)
                     row = {"fraction": fraction, "n": n, "seed": seed, "student": sname, "method": name,

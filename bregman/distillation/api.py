@@ -477,6 +477,7 @@ def _prepare(teacher: Any, data: Any, test: Any, layer: str | None, method: str,
     if layout in (None, "auto") and (student or {}).get("arch", "mlp") == "mlp":
         layout = "flat"  # an mlp student cannot predict a coefficient map
     cut: Cut = resolve_cut(graph_source, layer, example, transfer, layout)
+    settings = settings.with_loss_for(map_targets=cut.map_shape is not None)
     cut.body.to(dev)
     cut.head.to(dev)
     if cache is not None:

@@ -59,11 +59,13 @@ class TrainSettings(LossSettings):
     coefficient_loss : {"auto", "huber", "squared"}, default "auto"
         bregman's coefficient loss. ``"auto"``: the Huber loss (``huber_delta``, default 1) when
         the transfer set has teacher-labelled copies (``augment_copies`` > 0: by default, fewer
-        than 500 flat examples), the squared loss otherwise. Measured (benchmarks/distill_table,
-        session 7): with the default copies Huber was ahead of squared in all six classif20 /
-        digits-hard cells at 2-10 % (3 seeds, +1.58 points on average); without copies it was
-        not (−0.05 on average over four cells at 5-10 %; at 100 %, digits-hard −2.33, classif20
-        +0.32, 5 seeds).
+        than 500 flat examples) or views (``augment_views``), or when the student predicts a
+        coefficient map (the channels layout of a conv map); the squared loss otherwise.
+        Measured (benchmarks/distill_table, session 7): with the default copies Huber was ahead
+        of squared in all six classif20 / digits-hard cells at 2-10 % (3 seeds, +1.58 points on
+        average); without copies it was not (−0.05 on average over four cells at 5-10 %; at
+        100 %, digits-hard −2.33, classif20 +0.32, 5 seeds). On coefficient maps (image_flow,
+        resnet8 students, session 8) it was ahead at 2, 5 and 10 % of the images.
     augment_copies : int, optional
         Teacher-labelled copies of every transfer row (see :mod:`bregman.distillation.augment`).
         Default: :data:`DEFAULT_COPIES` for fewer than :data:`DEFAULT_COPIES_BELOW` flat
@@ -127,13 +129,23 @@ class TrainSettings(LossSettings):
             raise ValueError(f"unknown training setting(s) {unknown}; known: {', '.join(cls.names())}")
         return replace(base or cls(), **given)
 
-    def loss_settings(self) -> LossSettings:
+    def loss_settings(self, map_targets: bool = False) -> LossSettings:
         """The loss fields alone (what :func:`~bregman.distillation.methods.make_batch_loss` reads),
-        with ``coefficient_loss="auto"`` resolved: Huber with teacher-labelled copies, else squared."""
+        with ``coefficient_loss="auto"`` resolved: Huber with teacher-labelled copies or views,
+        or when the student predicts a coefficient map (``map_targets``: the channels layout),
+        else squared."""
         values = {f.name: getattr(self, f.name) for f in fields(LossSettings)}
         if values["coefficient_loss"] == "auto":
-            values["coefficient_loss"] = "huber" if (self.augment_copies or 0) > 0 else "squared"
+            robust = (self.augment_copies or 0) > 0 or self.augment_views > 0 or map_targets
+            values["coefficient_loss"] = "huber" if robust else "squared"
         return LossSettings(**values)
+
+    def with_loss_for(self, map_targets: bool) -> "TrainSettings":
+        """These settings with ``coefficient_loss="auto"`` decided (see :meth:`loss_settings`)
+        for targets that are coefficient maps (``map_targets``) or vectors."""
+        if self.coefficient_loss != "auto":
+            return self
+        return replace(self, coefficient_loss=self.loss_settings(map_targets).coefficient_loss)
 
     def with_copies(self, n: int, flat: bool = True) -> "TrainSettings":
         """These settings with ``augment_copies`` decided for a transfer set of ``n`` examples

@@ -44,6 +44,14 @@ def test_auto_coefficient_loss_is_huber_with_copies_and_squared_without():
     assert TrainSettings(coefficient_loss="squared", augment_copies=5).loss_settings().coefficient_loss == "squared"
     assert TrainSettings(coefficient_loss="huber").loss_settings().coefficient_loss == "huber"
     assert auto.with_copies(100).record("bregman")["coefficient_loss"] == "huber"  # what the manifest keeps
+    # coefficient maps (the channels layout) and image views: Huber too (image_flow, session 8)
+    assert auto.with_copies(100, flat=False).loss_settings(map_targets=True).coefficient_loss == "huber"
+    assert auto.with_copies(100, flat=False).loss_settings().coefficient_loss == "squared"
+    assert TrainSettings(augment_views=2).with_copies(100, flat=False).loss_settings().coefficient_loss == "huber"
+    decided = auto.with_copies(600).with_loss_for(map_targets=True)
+    assert decided.coefficient_loss == "huber" and decided.record("bregman")["coefficient_loss"] == "huber"
+    assert auto.with_copies(600).with_loss_for(map_targets=False).coefficient_loss == "squared"
+    assert TrainSettings(coefficient_loss="squared").with_loss_for(map_targets=True).coefficient_loss == "squared"
     with pytest.raises(MethodError, match="coefficient_loss must be one of"):
         LossSettings(coefficient_loss="auto")  # a loss, not a rule
     with pytest.raises(MethodError, match="coefficient_loss must be one of"):
