@@ -163,7 +163,8 @@ class DistillOptions(BaseModel):
         "bregman: weight of kd's soft-label term on the deployed model's output (through the imported layer and head)."))
     coefficient_loss: Literal["auto", "huber", "squared"] | None = Field(None, description=(
         "bregman: the loss on the coefficients. auto (default): Huber where the transfer set has "
-        "teacher-labelled copies, squared otherwise (the quality benchmark's measured choice)."))
+        "teacher-labelled copies or image views or the student predicts a coefficient map (channels layout), "
+        "squared otherwise (the quality benchmarks' measured choice)."))
     huber_delta: float | None = Field(None, gt=0, le=1e6, description=(
         "The Huber loss's threshold, in coefficient units (default 1)."))
     augment_copies: int | None = Field(None, ge=0, le=100, description=(

@@ -358,7 +358,8 @@ def distill(
         ("adamw"), ``schedule`` ("cosine"), ``temperature`` (kd, 4.0), ``alpha`` (kd, 0.9),
         ``coefficient_weight`` (1.0), ``divergence_weight`` (0.0), ``label_weight`` (0.0),
         ``soft_label_weight`` (0.0), ``coefficient_scaling`` ("none"), ``coefficient_loss``
-        ("auto": Huber with teacher-labelled copies, squared without; or "huber", "squared"),
+        ("auto": Huber with teacher-labelled copies or views or a coefficient map, else squared;
+        or "huber", "squared"),
         ``huber_delta`` (1.0),
         ``augment_copies`` (teacher-labelled copies of each row; default 10 for fewer than
         500 flat examples, else 0; the default budget counts them), ``augment_noise`` (0.3), ``augment`` ("noise" or "mixup"),
