@@ -199,6 +199,10 @@ RECIPES: dict[str, dict[str, Any]] = {
     "student 64": {"student": {"arch": "mlp", "hidden": [64]}},
     "+soft 1": {"soft_label_weight": 1.0},
     "+soft 10": {"soft_label_weight": 10.0},
+    # the label loss through the imported layer and the head (image maps won with 100)
+    "+labels 0.3": {"label_weight": 0.3},
+    "+labels 1": {"label_weight": 1.0},
+    "+labels 3": {"label_weight": 3.0},
 }
 
 

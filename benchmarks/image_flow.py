@@ -254,6 +254,8 @@ QUALITY_VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     "bregman huber +soft 100": ("bregman", {"coefficient_loss": "huber", "soft_label_weight": 100.0}),
     "bregman huber +labels 10": ("bregman", {"coefficient_loss": "huber", "label_weight": 10.0}),
     "bregman huber +labels 100": ("bregman", {"coefficient_loss": "huber", "label_weight": 100.0}),
+    "bregman huber +labels 50": ("bregman", {"coefficient_loss": "huber", "label_weight": 50.0}),
+    "bregman huber +labels 200": ("bregman", {"coefficient_loss": "huber", "label_weight": 200.0}),
     "bregman k=32": ("bregman", {"n_components": 32}),
     "bregman k=8": ("bregman", {"n_components": 8}),
 }

@@ -245,7 +245,15 @@ class BregmanPCA:
     starts_ : dict of str to float
         Joint mean, integer k, invertible transfer: the final divergence of each start that
         was polished (``"pca"``; ``"centroid"``, the centroid-held fit; ``"centroid_then_joint"``,
-        that fit freed into a joint fit); the lowest is kept. Empty otherwise.
+        that fit freed into a joint fit); the lowest is kept. Empty otherwise. On 8,000 rows or
+        more the centroid-held start is screened first (``start_screen_``): where it loses
+        clearly, only ``"pca"`` is polished on all rows.
+    start_screen_ : dict
+        The centroid-held start's screen (8,000 rows or more, else empty): ``rows`` (2,000
+        evenly spaced rows), ``pca`` (the first start's fit re-projected there), ``centroid``
+        (the held start polished on those rows alone), ``z`` (their mean difference in standard
+        errors of the per-row differences) and ``beaten`` (z > 3: the held start was not
+        polished on all rows, since a subsample's own optimum is optimistic for it).
     history_ : list of dict
         One entry per outer iteration: ``iteration``, ``elapsed_s`` (since ``fit`` started),
         ``divergence``, ``objective``, ``newton_iterations``.
@@ -257,7 +265,9 @@ class BregmanPCA:
     Solver (method.md §2): for the joint mean, two starts are polished and the lower
     divergence kept — Euclidean PCA, and the centroid-held fit (centroid, directions from the
     scatter around it) freed into a joint fit — so the default never ends above PCA nor above
-    ``mean="centroid"``; a warm start (the float ``n_components`` search, continuation in k)
+    ``mean="centroid"`` (on 8,000 rows or more the held start is first polished on 2,000 of
+    them and skipped where it loses there by more than 3 standard errors:
+    ``start_screen_``); a warm start (the float ``n_components`` search, continuation in k)
     is polished alone. From a start, alternate (i) the coefficient step, per row a damped
     Newton iteration on ``D_F(m + V c, a) + (λ/2)‖c‖²`` with k×k Cholesky systems and an
     Armijo line search (never NaN/inf), warm-started from the previous pass, and (ii) the
@@ -656,6 +666,7 @@ class BregmanPCA:
         self.optimality_ = float(res.optimality)
         self.optimality_tol_ = float(res.optimality_tol)
         self.starts_ = dict(res.starts) if res.starts else {}
+        self.start_screen_ = dict(res.screen) if res.screen else {}
         self.history_ = res.history
         self._train_coefficients = res.coefficients
 
@@ -686,6 +697,7 @@ class BregmanPCA:
         self.optimality_ = 0.0
         self.optimality_tol_ = math.sqrt(float(self.tol))
         self.starts_ = {}
+        self.start_screen_ = {}
         self.history_ = []
 
     # --- projection and reconstruction --------------------------------------------------------

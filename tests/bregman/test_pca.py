@@ -620,6 +620,57 @@ def test_default_fit_on_digits_logits_reaches_the_best_reference(digits_logits, 
     assert est.divergence_ == pytest.approx(min(est.starts_.values()), rel=1e-12)
 
 
+def _leaky_layer_rows(n: int, d: int, seed: int) -> torch.Tensor:
+    """Pre-activations of a random leaky-ReLU layer on 6-dim inputs (fit_speed's workload (d)
+    in small): a curved low-dimensional cloud, many units mostly below zero."""
+    g = torch.Generator().manual_seed(seed)
+    w1 = torch.randn(6, 24, generator=g, dtype=torch.float64) / 6 ** 0.5
+    spectrum = (torch.arange(1, 25, dtype=torch.float64) ** -0.7).unsqueeze(1)
+    w2 = 2 * torch.randn(24, d, generator=g, dtype=torch.float64) * spectrum
+    b2 = 0.5 * torch.randn(d, generator=g, dtype=torch.float64) - 0.3
+    h = torch.nn.functional.leaky_relu(torch.randn(n, 6, generator=g, dtype=torch.float64) @ w1 + 0.3, 0.01)
+    return h @ w2 + b2 + 0.05 * torch.randn(n, d, generator=g, dtype=torch.float64)
+
+
+def test_a_held_start_that_loses_on_the_screen_is_not_polished_and_the_fit_stays_below_it():
+    """On 8,000 rows the centroid-held start is polished on 2,000 of them first; here it ends
+    far above the PCA start's fit on the same rows, so it is not polished on all rows, and the
+    result is still below the centroid fit polished on all rows (the guarantee the start is for)."""
+    A = _leaky_layer_rows(8000, 32, seed=0)
+    est = BregmanPCA("leaky_relu", n_components=4).fit(A)
+    check_fit_invariants(est)
+    screen = est.start_screen_
+    assert screen["rows"] == 2000 and screen["beaten"] is True and screen["z"] > 3
+    assert screen["centroid"] > screen["pca"]
+    assert set(est.starts_) == {"pca"}
+    centroid = BregmanPCA("leaky_relu", n_components=4, mean="centroid").fit(A)
+    assert est.divergence_ <= centroid.divergence_
+    # the screen's estimate of the first start is the fit's own divergence on a share of rows
+    assert screen["pca"] == pytest.approx(est.divergence_, rel=0.1)
+
+
+def test_a_held_start_level_on_the_screen_is_polished_on_all_rows():
+    """Rows above zero everywhere (leaky ReLU's linear side): the dual centroid is the mean,
+    both starts reach the same optimum, the screen cannot tell them apart (the held fit on the
+    subsample is even a little optimistic), so the held start is polished on all rows."""
+    g = torch.Generator().manual_seed(1)
+    basis = torch.randn(24, 3, generator=g, dtype=torch.float64)
+    A = 20 + torch.randn(8000, 3, generator=g, dtype=torch.float64) @ basis.T
+    A = A + 0.3 * torch.randn(8000, 24, generator=g, dtype=torch.float64)
+    assert float(A.min()) > 0
+    est = BregmanPCA("leaky_relu", n_components=3).fit(A)
+    check_fit_invariants(est)
+    assert est.start_screen_["beaten"] is False and est.start_screen_["z"] <= 3
+    assert {"pca", "centroid"} <= set(est.starts_)
+    assert est.divergence_ == pytest.approx(min(est.starts_.values()), rel=1e-12)
+
+
+def test_small_data_polish_both_starts_without_a_screen(digits_logits):
+    est = BregmanPCA("softmax", n_components=1).fit(digits_logits)
+    assert est.start_screen_ == {}
+    assert {"pca", "centroid"} <= set(est.starts_)
+
+
 @pytest.mark.parametrize("k", [1, 3])
 def test_default_fit_on_digits_logits_converges_within_the_default_max_iter(digits_logits, k):
     est = BregmanPCA("softmax", n_components=k).fit(digits_logits)
