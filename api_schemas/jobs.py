@@ -158,7 +158,10 @@ class DistillOptions(BaseModel):
     alpha: float | None = Field(None, ge=0, le=1, description="kd's weight of the soft-label term.")
     coefficient_weight: float | None = Field(None, ge=0)
     divergence_weight: float | None = Field(None, ge=0)
-    label_weight: float | None = Field(None, ge=0)
+    label_weight: float | None = Field(None, ge=0, le=1e6, description=(
+        "bregman and hint: weight of the label cross-entropy on the deployed model's output (used when the "
+        "transfer set has labels). Default: for a bregman student that predicts a coefficient map (channels "
+        "layout) 0.1 per value of the map (102.4 for 16 channels of 8x8), else 0."))
     soft_label_weight: float | None = Field(None, ge=0, description=(
         "bregman: weight of kd's soft-label term on the deployed model's output (through the imported layer and head)."))
     coefficient_loss: Literal["auto", "huber", "squared"] | None = Field(None, description=(

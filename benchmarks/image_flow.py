@@ -246,6 +246,8 @@ QUALITY_VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     "hint": ("hint", {}),
     "bregman": ("bregman", {}),
     "bregman huber": ("bregman", {"coefficient_loss": "huber"}),
+    # the default before the label term on maps (label_weight 0.1 per map value, session 10)
+    "bregman huber, no labels": ("bregman", {"coefficient_loss": "huber", "label_weight": 0.0}),
     "bregman huber 3": ("bregman", {"coefficient_loss": "huber", "huber_delta": 3.0}),
     "bregman huber 0.3": ("bregman", {"coefficient_loss": "huber", "huber_delta": 0.3}),
     "bregman +div": ("bregman", {"divergence_weight": 1.0}),

@@ -7,6 +7,7 @@ result is evaluated against the teacher and can be saved as deployable artifacts
 from __future__ import annotations
 
 import logging
+import math
 import numbers
 import time
 from dataclasses import dataclass, field
@@ -356,7 +357,8 @@ def distill(
         ``batch_size`` (default from :func:`default_budget`: batch ``min(64, max(16, N // 4))``
         and about 1500 steps), ``lr`` (3e-3), ``weight_decay`` (1e-4), ``optimizer``
         ("adamw"), ``schedule`` ("cosine"), ``temperature`` (kd, 4.0), ``alpha`` (kd, 0.9),
-        ``coefficient_weight`` (1.0), ``divergence_weight`` (0.0), ``label_weight`` (0.0),
+        ``coefficient_weight`` (1.0), ``divergence_weight`` (0.0), ``label_weight`` (bregman with a
+        coefficient map: 0.1 per value of the map, e.g. 102.4 for 16 channels of 8x8; else 0),
         ``soft_label_weight`` (0.0), ``coefficient_scaling`` ("none"), ``coefficient_loss``
         ("auto": Huber with teacher-labelled copies or views or a coefficient map, else squared;
         or "huber", "squared"),
@@ -543,6 +545,10 @@ def _distill_one(teacher: Any, data: Any, layer: str | None, method: str, studen
 
     # --- the student and its deployed pipeline ---------------------------------------------------
     k = int(exported.k) if exported is not None else None
+    # the label term's weight, once the size of the targets is known (a map's k x H x W values)
+    map_values = k * math.prod(cut.map_shape[1:]) if k is not None and cut.map_shape is not None else None
+    settings = settings.with_label_weight_for(method, map_values)
+    losses = settings.loss_settings()
     width = student_width(method, num_outputs=prob.num_outputs, d=cut.d, k=k)
     map_head = None
     if cut.map_shape is not None and method in LAYER_METHODS:  # the channels layout: a map student

@@ -92,6 +92,8 @@ class LossSettings:
     """
 
     _coefficient_loss_choices: ClassVar[tuple[str, ...]] = COEFFICIENT_LOSSES
+    #: weights that may be None ("decide from the targets"): TrainSettings' label_weight
+    _undecided_weights: ClassVar[tuple[str, ...]] = ()
 
     temperature: float = 4.0
     alpha: float = 0.9
@@ -117,6 +119,8 @@ class LossSettings:
         if not 0.0 <= self.alpha <= 1.0:
             raise MethodError(f"alpha must lie in [0, 1], got {self.alpha}")
         for name in ("coefficient_weight", "divergence_weight", "label_weight", "soft_label_weight"):
+            if getattr(self, name) is None and name in self._undecided_weights:
+                continue
             if getattr(self, name) < 0:
                 raise MethodError(f"{name} must be non-negative, got {getattr(self, name)}")
 
@@ -237,6 +241,9 @@ def make_batch_loss(
     if settings.coefficient_loss not in COEFFICIENT_LOSSES:  # e.g. TrainSettings' unresolved "auto"
         raise MethodError(f"coefficient_loss {settings.coefficient_loss!r} is not a loss: pass "
                           f"TrainSettings.loss_settings(), which resolves it to one of {', '.join(COEFFICIENT_LOSSES)}")
+    if settings.label_weight is None:  # TrainSettings' undecided default
+        raise MethodError("label_weight None is not a weight: pass TrainSettings.with_label_weight_for(...)"
+                          ".loss_settings(), which decides it for the targets")
     to_logits = outputs_to_logits or (lambda out: out)
 
     if method == "labels":

@@ -21,6 +21,11 @@ AUGMENTS = ("noise", "mixup")
 #: none for image inputs, whose views are ``augment_views``); see :meth:`TrainSettings.with_copies`
 DEFAULT_COPIES = 10
 DEFAULT_COPIES_BELOW = 500
+#: ``label_weight=None`` (the default) for a bregman student that predicts a coefficient map
+#: (the channels layout): this much per coefficient value of an example (k × H × W of them), so
+#: the label term keeps its share of a loss that sums over the whole map; 0 otherwise. Measured
+#: in benchmarks/image_flow (resnet8 and cnn students, 3 seeds; see the README's image table).
+MAP_LABEL_WEIGHT_PER_VALUE = 0.1
 
 
 def default_budget(n: int, batch_size: int | None = None, epochs: int | None = None) -> tuple[int, int]:
@@ -52,8 +57,12 @@ class TrainSettings(LossSettings):
     optimizer : {"adamw", "sgd"}, default "adamw"
     schedule : {"cosine", "constant"}, default "cosine"
     temperature, alpha : kd's temperature (4.0) and soft-label weight (0.9).
-    coefficient_weight, divergence_weight, label_weight, soft_label_weight : bregman's (and hint's
-        label) loss weights.
+    coefficient_weight, divergence_weight, soft_label_weight : bregman's loss weights.
+    label_weight : float, optional
+        bregman's and hint's weight of the label loss through the frozen part. Default (None):
+        decided by :meth:`with_label_weight_for` once the targets are known —
+        :data:`MAP_LABEL_WEIGHT_PER_VALUE` per coefficient value for a bregman student that
+        predicts a coefficient map (102.4 for a 16-channel 8x8 map), 0 otherwise.
     coefficient_scaling : bregman's per-direction weights (see
         :class:`bregman.distillation.methods.LossSettings`).
     coefficient_loss : {"auto", "huber", "squared"}, default "auto"
@@ -104,8 +113,10 @@ class TrainSettings(LossSettings):
     layout: str | None = "auto"
     fit_rows: int | None = None
     coefficient_loss: str = "auto"  # LossSettings' field, resolved by loss_settings()
+    label_weight: float | None = None  # LossSettings' field, decided by with_label_weight_for()
 
     _coefficient_loss_choices: ClassVar[tuple[str, ...]] = COEFFICIENT_LOSSES + ("auto",)
+    _undecided_weights: ClassVar[tuple[str, ...]] = ("label_weight",)
 
     def __post_init__(self) -> None:
         super().__post_init__()  # validates the loss weights
@@ -135,6 +146,8 @@ class TrainSettings(LossSettings):
         or when the student predicts a coefficient map (``map_targets``: the channels layout),
         else squared."""
         values = {f.name: getattr(self, f.name) for f in fields(LossSettings)}
+        if values["label_weight"] is None:  # not decided for a map (with_label_weight_for): none
+            values["label_weight"] = 0.0
         if values["coefficient_loss"] == "auto":
             robust = (self.augment_copies or 0) > 0 or self.augment_views > 0 or map_targets
             values["coefficient_loss"] = "huber" if robust else "squared"
@@ -146,6 +159,19 @@ class TrainSettings(LossSettings):
         if self.coefficient_loss != "auto":
             return self
         return replace(self, coefficient_loss=self.loss_settings(map_targets).coefficient_loss)
+
+    def with_label_weight_for(self, method: str, map_values: int | None) -> "TrainSettings":
+        """These settings with ``label_weight`` decided (kept when given): for ``bregman`` with
+        coefficient-map targets of ``map_values`` values per example (k × H × W),
+        :data:`MAP_LABEL_WEIGHT_PER_VALUE` × ``map_values``; else 0.
+
+        Why per value: the coefficient loss sums over every value of the map (1,024 for 16
+        channels of 8x8), so a label term of fixed weight is lost in it on large maps and
+        dominates on small ones."""
+        if self.label_weight is not None:
+            return self
+        weight = MAP_LABEL_WEIGHT_PER_VALUE * map_values if method == "bregman" and map_values else 0.0
+        return replace(self, label_weight=float(weight))
 
     def with_copies(self, n: int, flat: bool = True) -> "TrainSettings":
         """These settings with ``augment_copies`` decided for a transfer set of ``n`` examples

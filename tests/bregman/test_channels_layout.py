@@ -125,6 +125,9 @@ def test_distill_through_a_channel_layer_and_the_saved_pipeline(teacher, x, tmp_
                 n_components=3, epochs=1, batch_size=8, fit_rows=100, measure_latency=False, test=(x[:8], y[:8]))
     assert r.settings["layout"] == "channels" and r.k == 3
     assert r.settings["coefficient_loss"] == "huber"  # "auto" on a coefficient map (no copies here)
+    # the label term's default on a map: 0.1 per value of the k x H x W coefficient map
+    assert r.settings["label_weight"] == pytest.approx(0.1 * 3 * 4 * 4)
+    assert "label_loss" in r.history, sorted(r.history)
     assert r.representation.layout == "channels"
     assert r.student(x[:2]).shape == (2, 3, 4, 4)  # a k-channel coefficient map of the layer's size
     # the teacher's own coefficients through the imported layer and the head reproduce it closely

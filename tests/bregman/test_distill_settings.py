@@ -60,6 +60,33 @@ def test_auto_coefficient_loss_is_huber_with_copies_and_squared_without():
         make_batch_loss("bregman", auto, has_labels=False)
 
 
+def test_label_weight_is_decided_per_value_of_a_coefficient_map_and_none_elsewhere():
+    from bregman.distillation.methods import make_batch_loss
+    from bregman.distillation.settings import MAP_LABEL_WEIGHT_PER_VALUE
+
+    auto = TrainSettings()
+    assert auto.label_weight is None and LossSettings().label_weight == 0.0
+    # bregman predicting a 16-channel 8x8 coefficient map: 0.1 per value
+    decided = auto.with_label_weight_for("bregman", 16 * 8 * 8)
+    assert decided.label_weight == pytest.approx(MAP_LABEL_WEIGHT_PER_VALUE * 1024) == pytest.approx(102.4)
+    assert decided.record("bregman")["label_weight"] == pytest.approx(102.4)  # what the manifest keeps
+    assert decided.loss_settings().label_weight == pytest.approx(102.4)
+    # a map twice the size: twice the weight (the coefficient term sums over the map)
+    assert auto.with_label_weight_for("bregman", 2048).label_weight == pytest.approx(2 * decided.label_weight)
+    # vectors, hint and the methods without a layer: none
+    assert auto.with_label_weight_for("bregman", None).label_weight == 0.0
+    assert auto.with_label_weight_for("hint", 1024).label_weight == 0.0
+    assert auto.with_label_weight_for("kd", 1024).label_weight == 0.0
+    # a given weight is kept, 0 too
+    assert TrainSettings(label_weight=0.0).with_label_weight_for("bregman", 1024).label_weight == 0.0
+    assert TrainSettings(label_weight=3.0).with_label_weight_for("bregman", 1024).label_weight == 3.0
+    assert auto.loss_settings().label_weight == 0.0  # undecided: no label term
+    with pytest.raises(MethodError, match="label_weight must be non-negative"):
+        TrainSettings(label_weight=-1.0)
+    with pytest.raises(MethodError, match="with_label_weight_for"):
+        make_batch_loss("bregman", TrainSettings(coefficient_loss="huber"), has_labels=True)
+
+
 def test_mixed_copies_lie_nearer_their_own_row_and_keep_its_label():
     x = torch.randn(9, 5)
     y = torch.arange(9)
