@@ -665,6 +665,25 @@ def test_a_held_start_level_on_the_screen_is_polished_on_all_rows():
     assert est.divergence_ == pytest.approx(min(est.starts_.values()), rel=1e-12)
 
 
+def test_relu_rows_with_few_active_units_converge_to_the_best_reference():
+    """Pinned regression (session 10): ReLU rows from mostly dead to mostly active (a conv map's
+    positions look like this). The joint step's model took the rows' coefficient Hessians at
+    the ReLU floor (1e-6), its coefficient responses were ~1e6 too large, and the fit crept:
+    100 iterations, not converged (optimality 0.106), divergence 0.7658. With the model floored
+    at 1e-3 it converges within the default max_iter, within 1 % of the best of two random
+    starts run to a tight tolerance (the unfloored fit: 5.7 % above it). A ReLU fit's objective is
+    piecewise quadratic with nearby local optima: here one random start ends 0.25 % below the
+    default, so the 1e-3 bar of the smooth transfers does not apply."""
+    from benchmarks.relu_fit import relu_layer_rows
+
+    A = relu_layer_rows(1200, 24, 8, seed=1)
+    est = BregmanPCA("relu", n_components=6).fit(A)
+    check_fit_invariants(est)
+    assert est.converged_ and est.n_iter_ < est.max_iter
+    best = min(min(_random_start_fits(A, "relu", 6, starts=2)), est.pca_divergence_)
+    assert est.divergence_ <= 1.01 * best, (est.divergence_, best)
+
+
 def test_small_data_polish_both_starts_without_a_screen(digits_logits):
     est = BregmanPCA("softmax", n_components=1).fit(digits_logits)
     assert est.start_screen_ == {}
