@@ -36,6 +36,10 @@ def test_kind_selects_the_spec():
       "options": {"coefficient_loss": "l1"}}, "coefficient_loss"),
     ({"kind": "distillation", "teacher_id": "t", "dataset": "d", "layer": "0", "options": {"huber_delta": 0}},
      "huber_delta"),
+    ({"kind": "distillation", "teacher_id": "t", "dataset": "d", "layer": "0", "options": {"label_weight": 1e7}},
+     "label_weight"),
+    ({"kind": "distillation", "teacher_id": "t", "dataset": "d", "layer": "0", "options": {"label_weight": -1}},
+     "label_weight"),
     ({"kind": "compress", "teacher_id": "t", "dataset": "d"}, "kind"),
 ])
 def test_bad_specs_name_the_field(spec, field):
@@ -82,3 +86,9 @@ def test_loss_options_reach_the_training_settings():
     assert settings.coefficient_loss == "auto"
     assert settings.with_copies(100).loss_settings().coefficient_loss == "huber"
     assert settings.with_copies(1000).loss_settings().coefficient_loss == "squared"
+    # label_weight: undecided by default (decided per method and map size), a given 0 is kept
+    assert settings.label_weight is None
+    assert settings.with_label_weight_for("bregman", 1024).label_weight == pytest.approx(102.4)
+    zero = spec_adapter.validate_python({"kind": "distillation", "teacher_id": "t", "dataset": "d", "layer": "0",
+                                         "options": {"label_weight": 0}})
+    assert TrainSettings.from_options(zero.options.model_dump()).with_label_weight_for("bregman", 1024).label_weight == 0
