@@ -523,8 +523,7 @@ def _distill_one(teacher: Any, data: Any, layer: str | None, method: str, studen
     prob = _prepare(teacher, data, test, layer, method, transfer, settings, seed, cache, device, student)
     x, y, cut, dev = prob.x, prob.y, prob.cut, prob.device
     settings = prob.settings.with_budget(int(x.shape[0]))
-    losses = settings.loss_settings()
-    if method == "hint" or (method == "bregman" and losses.divergence_weight > 0):
+    if method == "hint" or (method == "bregman" and settings.divergence_weight > 0):
         # the loss reads the layer's map: held now, in the targets phase (a channels map: one more pass)
         prob.targets.preactivations  # noqa: B018
     report("targets", 1.0, {"n": int(x.shape[0])})
