@@ -60,6 +60,11 @@ def fit(rows: torch.Tensor, k: int, floor: float, max_iter: int) -> dict:
             "converged": bool(est.converged_), "optimality": float(est.optimality_)}
 
 
+def _cells(r: dict) -> str:
+    """One model's columns of the progress line."""
+    return f"{r['iterations']:4d} {r['seconds']:6.1f} {r['divergence']:12.6f} {'yes' if r['converged'] else 'no ':3s}"
+
+
 def main(argv: list[str] | None = None) -> None:
     from bregman import _pca_solver
 
@@ -92,8 +97,7 @@ def main(argv: list[str] | None = None) -> None:
             row.update({f"{key}_{label}": value for key, value in r.items()})
         row["divergence_ratio"] = new["divergence"] / old["divergence"]
         rows_out.append(row)
-        fmt = lambda r: f"{r['iterations']:4d} {r['seconds']:6.1f} {r['divergence']:12.6f} {'yes' if r['converged'] else 'no ':3s}"  # noqa: E731
-        print(f"{name:36s} | {fmt(new):40s} | {fmt(old):40s}", flush=True)
+        print(f"{name:36s} | {_cells(new):40s} | {_cells(old):40s}", flush=True)
     ratios = [r["divergence_ratio"] for r in rows_out]
     summary = {
         "floor": args.floor,
