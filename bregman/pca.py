@@ -236,10 +236,12 @@ class BregmanPCA:
         met at the end (False after ``max_iter`` or a stagnation stop short of it).
     optimality_ : float
         The relative gradient norm at the returned (m, V, C): ``sqrt(gᵀH⁻¹g / 2L)`` with g the
-        gradient of the objective L in (V, m) at the (polished) coefficients, H its per-unit
-        Hessian blocks; ``optimality_²`` is the relative decrease a Newton step in (m, V)
-        would still promise. Independent of the data's units, N and the basis of V. 0 for the
-        identity transfer (closed form).
+        gradient of the objective L in (V, m) at the (polished) coefficients and H, the larger
+        of two: its per-unit Hessian blocks, and the reduced Hessian of ``(m, V) ↦ min_C L``
+        (the coefficients following; directions inside span(V), which the coefficients
+        compensate, left out; not for ReLU, whose Hessian is floored). ``optimality_²`` is the
+        relative decrease a Newton step in (m, V) would still promise. Independent of the
+        data's units, N and the basis of V. 0 for the identity transfer (closed form).
     optimality_tol_ : float
         Its tolerance, ``sqrt(tol)``.
     starts_ : dict of str to float
@@ -281,6 +283,9 @@ class BregmanPCA:
     2⁻¹⁴. Both steps decrease the objective. A safeguarded extrapolation
     ``θ + β (θ − θ_prev)`` for ``θ = (m, V, C)`` is kept only if the objective drops (β
     adapts). Then it re-normalizes ``Vᵀ∇²F(m)V = I`` unless that would raise the ridge term.
+    Once the per-unit measure is met, the reduced one is tested too, and until it is met the
+    joint steps are projected off span(V) and first try the full step with the coefficients
+    re-solved (two Newton steps) rather than moved to first order.
     It stops on the optimality measure (see ``tol``); then it normalizes, polishes the
     coefficients to convergence, rotates to the eigenvectors of ``(1/N) Σ c cᵀ`` (descending)
     and fixes signs (largest entry of each direction positive). If the end's divergence were

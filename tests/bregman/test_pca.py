@@ -734,6 +734,61 @@ def _independent_optimality(est: BregmanPCA, A: torch.Tensor, C: torch.Tensor) -
     return (float((G * x).sum()) / (2 * total)) ** 0.5
 
 
+def _independent_reduced_optimality(est: BregmanPCA, A: torch.Tensor, C: torch.Tensor) -> float:
+    """sqrt(gᵀH⁺g / 2L) in the metric of the reduced Hessian (the coefficients follow (V, m)):
+    the exact Schur complement ``Σ_n H_θθ − H_θc H_cc⁻¹ H_cθ`` of per-row Hessians from
+    torch.func (no conjugate gradients, no linearized response), restricted to directions
+    whose columns leave span(V) (and, for softmax, sum to 0 over the units)."""
+    from torch.func import hessian, vmap
+
+    tr, lam = est.transfer_, est.ridge_
+    m, V = est.mean_.to(torch.float64), est.components_.T.to(torch.float64)
+    A, C = A.to(torch.float64), C.to(torch.float64)
+    d, k = V.shape
+    theta = torch.cat([V, m.unsqueeze(1)], 1).reshape(-1)
+
+    def row_loss(x: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+        th, c = x[: theta.numel()].reshape(d, k + 1), x[theta.numel():]
+        a_hat = th[:, k] + th[:, :k] @ c
+        return tr.divergence(a_hat.unsqueeze(0), a.unsqueeze(0)).sum() + 0.5 * lam * (c * c).sum()
+
+    X = torch.cat([theta.expand(A.shape[0], -1), C], 1)
+    H = vmap(hessian(row_loss))(X, A)  # (N, p + k, p + k)
+    p = theta.numel()
+    Htt, Htc, Hcc = H[:, :p, :p], H[:, :p, p:], H[:, p:, p:]
+    H_red = (Htt - Htc @ torch.linalg.solve(Hcc, Htc.transpose(1, 2))).sum(0)
+    th = theta.clone().requires_grad_(True)
+    A_hat = th.reshape(d, k + 1)[:, k] + C @ th.reshape(d, k + 1)[:, :k].T
+    L = tr.divergence(A_hat, A).sum() + 0.5 * lam * (C * C).sum()
+    (g,) = torch.autograd.grad(L, th)
+    Q, _ = torch.linalg.qr(V)
+    keep = torch.eye(d, dtype=torch.float64) - Q @ Q.T
+    if not tr.elementwise:  # softmax ignores per-row shifts: directions sum to 0 over units
+        keep = keep - keep.sum(0, keepdim=True) / d
+    Pk = torch.kron(keep, torch.eye(k + 1, dtype=torch.float64))
+    Hp, gp = Pk @ H_red @ Pk.T, Pk @ g
+    ev, U = torch.linalg.eigh(0.5 * (Hp + Hp.T))
+    use = ev > 1e-9 * ev.max()
+    z = U[:, use].T @ gp
+    total = float(L.detach()) + A.shape[0] * 1e-3 * est.pca_divergence_
+    return (float((z * z / ev[use]).sum()) / (2 * total)) ** 0.5
+
+
+@pytest.mark.parametrize("k", [6, 8])
+def test_the_measure_on_digits_logits_is_the_exact_reduced_one(digits_logits, k):
+    """Pinned regression (session 11): at k = 6 and 8 the fit stopped "converged" on the
+    per-unit measure (2.5e-3 and 3.0e-3 against the tolerance 3.2e-3) where the exact reduced
+    measure read 0.050 and 0.052 — a valley where a change of V is compensated by C, with
+    0.75 % and 0.3 % of the divergence still to go. The reported measure is now the larger of
+    the two, matching exact Schur complements, so "converged" means the valley is crossed."""
+    est = BregmanPCA("softmax", n_components=k).fit(digits_logits)
+    check_fit_invariants(est)
+    C = torch.as_tensor(est.transform(digits_logits))
+    expected = max(_independent_optimality(est, digits_logits, C),
+                   _independent_reduced_optimality(est, digits_logits, C))
+    assert est.optimality_ == pytest.approx(expected, rel=1e-2)
+
+
 def test_converged_is_false_exactly_when_the_optimality_measure_misses_its_tolerance():
     A = data_for("sigmoid", n=200, d=8, seed=31)
     short = BregmanPCA("sigmoid", n_components=2, max_iter=1, tol=1e-8, mean="centroid").fit(A)
@@ -743,8 +798,9 @@ def test_converged_is_false_exactly_when_the_optimality_measure_misses_its_toler
     check_fit_invariants(full)
     assert full.converged_ and full.optimality_ <= full.optimality_tol_ == pytest.approx(full.tol ** 0.5)
     # the measure itself, recomputed independently at what the fit returned
-    C = full.transform(A)
-    assert full.optimality_ == pytest.approx(_independent_optimality(full, A, C), rel=1e-3, abs=1e-7)
+    C = torch.as_tensor(full.transform(A))
+    expected = max(_independent_optimality(full, A, C), _independent_reduced_optimality(full, A, C))
+    assert full.optimality_ == pytest.approx(expected, rel=1e-3, abs=1e-7)
     # run on to the short fit's own tolerance, the measure falls below it and far below the
     # short fit's (the default fit stops as soon as it is under sqrt(1e-5), so it is not compared)
     tight = BregmanPCA("sigmoid", n_components=2, tol=1e-8).fit(A)
