@@ -200,6 +200,16 @@ def hessian_at(transfer: Transfer, m: torch.Tensor, V: torch.Tensor) -> torch.Te
     return transfer.hvp(m.unsqueeze(0).expand(V.shape[1], -1), V.T).T
 
 
+def off_span(V: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The orthogonal projector onto directions whose columns leave span(V): ``P − Q Qᵀ P``.
+
+    Changes of (V, m) inside span(V) (``V → V A``, ``m → m + V u``) are compensated exactly by
+    the coefficients and only trade the ridge against the normalization ``VᵀHV = I``; the
+    reduced measure and the polishing joint steps leave them out."""
+    Q, _ = torch.linalg.qr(V)
+    return lambda P: P - Q @ (Q.T @ P)
+
+
 def normalizer(transfer: Transfer, m: torch.Tensor, V: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Symmetric T with ``(VT)ᵀ ∇²F(m) (VT) = I`` and its inverse (coefficients map by ``C T⁻¹``)."""
     M = V.T @ hessian_at(transfer, m, V)
@@ -894,10 +904,7 @@ class BregmanSolver:
     def _reduced_step(self, store: CoefStore, m, V, st, Hd: torch.Tensor, mu: torch.Tensor):
         """Newton-CG on the reduced objective; returns (ΔΘ, ΔC store) or None."""
         try:
-            project = None
-            if self._polishing:
-                Q, _ = torch.linalg.qr(V)
-                project = lambda P: P - Q @ (Q.T @ P)  # noqa: E731
+            project = off_span(V) if self._polishing else None
             x = self._reduced_direction(store, m, V, st["G"], Hd, mu, 0.05, project)
             if x is None:
                 return None
@@ -921,23 +928,15 @@ class BregmanSolver:
         (below the tolerance 3.2e-3: "converged") at points 0.75 % and 0.3 % above the bottom
         of their basins; the exact reduced measure read 0.050 and 0.052 there (session 11).
         Directions whose columns lie in span(V) are left out (see below)."""
-        G, H = st["G"], st["H"]
-        K = H.shape[-1]
-        eye = torch.eye(K, dtype=self.dtype, device=self.device)
-        scale = torch.diagonal(H, dim1=-2, dim2=-1).mean(-1, keepdim=True).clamp_min(torch.finfo(self.dtype).tiny)
-        mu = 16 * torch.finfo(self.dtype).eps * scale
-        # Directions whose columns lie in span(V) (V → V A, m → m + V u) are compensated
-        # exactly by the coefficients: they change only the ridge term, which shrinks without
-        # bound as V grows and C shrinks — the normalization VᵀHV = I fixes that gauge, so
-        # it is no descent the fit could take (softmax, k = 8 of 9: the unprojected measure
-        # read 0.27 at a point no iteration could improve).
-        Q, _ = torch.linalg.qr(V)
-
-        def project(P: torch.Tensor) -> torch.Tensor:
-            return P - Q @ (Q.T @ P)
-
+        G = st["G"]
+        Hd, mu = self._levenberg(st["H"], 0.0)
+        # Directions inside span(V) change only the ridge term, which shrinks without bound as
+        # V grows and C shrinks — the normalization VᵀHV = I fixes that gauge, so it is no
+        # descent the fit could take (softmax, k = 8 of 9: the unprojected measure read 0.27
+        # at a point no iteration could improve).
+        project = off_span(V)
         try:
-            x = self._reduced_direction(store, m, V, G, H + eye * mu.unsqueeze(-1), mu, _MEASURE_CG_RTOL, project)
+            x = self._reduced_direction(store, m, V, G, Hd, mu, _MEASURE_CG_RTOL, project)
         finally:
             self._red_cache = None
         if x is None:
@@ -979,16 +978,20 @@ class BregmanSolver:
         store.commit()
         return out
 
+    def _levenberg(self, H: torch.Tensor, damping: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """The per-unit blocks damped by ``(damping + 16 eps)`` times each unit's mean diagonal:
+        ``(H + μ I, μ)``, the preconditioner and shift of the reduced Newton-CG."""
+        eye = torch.eye(H.shape[-1], dtype=self.dtype, device=self.device)
+        scale = torch.diagonal(H, dim1=-2, dim2=-1).mean(-1, keepdim=True).clamp_min(torch.finfo(self.dtype).tiny)
+        mu = (damping + 16 * torch.finfo(self.dtype).eps) * scale
+        return H + eye * mu.unsqueeze(-1), mu
+
     def joint_step(self, store: CoefStore, m, V, st, damping: torch.Tensor):
         """Newton step on ``(m, V) ↦ min_C L`` with the coefficients moving along (to first
         order) with the directions; a backtracking line search on the joint objective keeps it
         monotone. Returns (m, V, accepted)."""
-        G, H = st["G"], st["H"]
-        K = H.shape[-1]
-        eye = torch.eye(K, dtype=self.dtype, device=self.device)
-        scale = torch.diagonal(H, dim1=-2, dim2=-1).mean(-1, keepdim=True).clamp_min(torch.finfo(self.dtype).tiny)
-        mu = (float(damping.max()) + 16 * torch.finfo(self.dtype).eps) * scale
-        Hd = H + eye * mu.unsqueeze(-1)
+        G = st["G"]
+        Hd, mu = self._levenberg(st["H"], float(damping.max()))
         got = self._reduced_step(store, m, V, st, Hd, mu)
         if got is None:
             return m, V, False
@@ -1450,7 +1453,7 @@ class BregmanSolver:
             if opt <= self.gtol and self._reduced_measure:
                 # the per-unit measure is met: test the reduced one (a valley?), and from here on
                 # polish with steps that can cross it
-                opt = self.measure(store, m, V, st)
+                opt = max(opt, self.reduced_optimality(store, m, V, st))
                 self._polishing = True
             n_iter = it
             info = {"iteration": it, "elapsed_s": time.perf_counter() - self.t0, "divergence": div,
