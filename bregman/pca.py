@@ -254,8 +254,10 @@ class BregmanPCA:
         The centroid-held start's screen (8,000 rows or more, else empty): ``rows`` (2,000
         evenly spaced rows), ``pca`` (the first start's fit re-projected there), ``centroid``
         (the held start polished on those rows alone), ``z`` (their mean difference in standard
-        errors of the per-row differences) and ``beaten`` (z > 3: the held start was not
-        polished on all rows, since a subsample's own optimum is optimistic for it).
+        errors of the per-row differences) and ``beaten`` (the held start was not polished on
+        all rows: z > 3, safe since a subsample's own optimum is optimistic for it; or, where
+        z ≤ 3, ``z_polished`` > 3, the same test against ``pca_polished``, the first start's fit
+        polished on those rows too, so that both sides share that optimism).
     history_ : list of dict
         One entry per outer iteration: ``iteration``, ``elapsed_s`` (since ``fit`` started),
         ``divergence``, ``objective``, ``newton_iterations``.
@@ -269,7 +271,7 @@ class BregmanPCA:
     scatter around it) freed into a joint fit — so the default never ends above PCA nor above
     ``mean="centroid"`` (on 8,000 rows or more the held start is first polished on 2,000 of
     them and skipped where it loses there by more than 3 standard errors:
-    ``start_screen_``); a warm start (the float ``n_components`` search, continuation in k)
+    ``start_screen_``; that guarantee then holds up to the screen's noise); a warm start (the float ``n_components`` search, continuation in k)
     is polished alone. From a start, alternate (i) the coefficient step, per row a damped
     Newton iteration on ``D_F(m + V c, a) + (λ/2)‖c‖²`` with k×k Cholesky systems and an
     Armijo line search (never NaN/inf), warm-started from the previous pass, and (ii) the

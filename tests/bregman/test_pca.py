@@ -493,6 +493,28 @@ def test_streamed_data_are_worked_on_in_small_blocks_whatever_the_chunk_size() -
     assert sum(in_memory) == 6000 and max(in_memory) == _DEFAULT_BLOCK_ELEMENTS // 1024 > max(sizes)
 
 
+def test_a_chunked_fit_screens_its_held_start_in_stream_sized_blocks(monkeypatch) -> None:
+    """Regression (session 12): the held-start screen polished its 2,000-row subsample as one
+    block, whatever the source's blocks; on fit_speed's (a) the chunked fit then held 117 MiB
+    above imports against 83 MiB with stream-sized blocks (target: a quarter of the in-memory
+    fit's 349). Every coefficient solve of a chunked fit, screen included, sees one block."""
+    import bregman._pca_solver as solver
+
+    A = _leaky_layer_rows(8000, 32, seed=0).float().numpy()
+    seen = []
+    real = solver.solve_coefficients
+
+    def spy(transfer, X, *args, **kwargs):
+        seen.append(X.shape[0])
+        return real(transfer, X, *args, **kwargs)
+
+    monkeypatch.setattr(solver, "solve_coefficients", spy)
+    # blocks of 500 rows (streamed blocks are that small where rows are wide: 488 on (a))
+    est = BregmanPCA("leaky_relu", n_components=4, batch_size=500).fit([A[:5000], A[5000:]])
+    assert est.start_screen_["rows"] == 2000  # the screen ran
+    assert seen and max(seen) == 500, max(seen)
+
+
 def test_max_components_bounds_the_share_search_and_returns_the_capped_fit():
     A = low_rank_data(n=200, d=8, rank=6, noise=0.2, seed=22)
     free = BregmanPCA("sigmoid", n_components=0.99).fit(A)
