@@ -515,6 +515,19 @@ def test_a_chunked_fit_screens_its_held_start_in_stream_sized_blocks(monkeypatch
     assert seen and max(seen) == 500, max(seen)
 
 
+@pytest.mark.parametrize("d", [7, 300])  # one product; four column blocks, the last narrower
+def test_the_block_triangle_scatter_equals_the_full_product(d) -> None:
+    from bregman._pca_solver import _centered_scatter
+
+    g = torch.Generator().manual_seed(d)
+    X = torch.randn(5000, d, generator=g, dtype=torch.float64) * torch.linspace(0.1, 3, d, dtype=torch.float64) + 2
+    center = X.mean(0)
+    S = _centered_scatter(X, center)
+    ref = (X - center).T @ (X - center)
+    assert torch.equal(S, S.T)
+    torch.testing.assert_close(S, ref, rtol=1e-12, atol=1e-9)
+
+
 def test_max_components_bounds_the_share_search_and_returns_the_capped_fit():
     A = low_rank_data(n=200, d=8, rank=6, noise=0.2, seed=22)
     free = BregmanPCA("sigmoid", n_components=0.99).fit(A)
