@@ -189,6 +189,7 @@ RECIPES: dict[str, dict[str, Any]] = {
     "+divergence": {"divergence_weight": 1.0},
     "divergence only": {"divergence_weight": 1.0, "coefficient_weight": 0.0},
     "whiten": {"coefficient_scaling": "whiten"},
+    "head": {"coefficient_scaling": "head"},
     # the coefficient loss; the default ("auto") is huber with copies, squared without
     "squared": {"coefficient_loss": "squared"},
     "huber": {"coefficient_loss": "huber"},

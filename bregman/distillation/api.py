@@ -503,12 +503,34 @@ def _prepare(teacher: Any, data: Any, test: Any, layer: str | None, method: str,
                     num_outputs=num_outputs, device=dev, teacher_module=teacher_module, settings=settings)
 
 
-def _coefficient_weights(coef: Tensor, scaling: str) -> Tensor | None:
-    """``whiten``: direction j weighed by ``mean E[c²] / E[c_j²]`` (the overall scale kept)."""
+def _coefficient_weights(coef: Tensor, scaling: str, model: nn.Module | None = None,
+                         to_logits: Callable[[Tensor], Tensor] | None = None) -> Tensor | None:
+    """``whiten``: direction j weighed by ``mean E[c²] / E[c_j²]`` (the overall scale kept).
+    ``head``: by the mean squared sensitivity of the deployed model's logits to c_j at the
+    teacher's coefficients, ``E‖∂ logits / ∂c_j‖²``, over its mean, clamped to [0.1, 10]."""
     if scaling == "none":
         return None
+    if scaling == "head":
+        return _head_weights(coef, model, to_logits)
     second = coef.double().pow(2).mean(0).clamp_min(1e-12)
     return (second.mean() / second).float()
+
+
+def _head_weights(coef: Tensor, model: nn.Module, to_logits: Callable[[Tensor], Tensor]) -> Tensor:
+    """Per-direction ``E‖∂ logits/∂c_j‖²`` through the imported layer and the frozen head, on up
+    to 2,048 evenly spaced rows of the teacher's coefficients (flat layers only)."""
+    if coef.ndim != 2:
+        raise MethodError('coefficient_scaling="head" is for flat layers; a map layout has no per-row '
+                          "coefficient vector: use \"none\"")
+    dev = next(model.parameters()).device
+    rows = coef[:: max(1, coef.shape[0] // 2048)].to(dev).float().requires_grad_(True)
+    logits = to_logits(model.above_student(rows))
+    sens = torch.zeros(coef.shape[1], dtype=torch.float64, device=dev)
+    for i in range(logits.shape[1]):
+        (g,) = torch.autograd.grad(logits[:, i].sum(), rows, retain_graph=i + 1 < logits.shape[1])
+        sens += g.double().pow(2).sum(0)
+    sens = sens / sens.mean().clamp_min(1e-300)
+    return sens.clamp(0.1, 10.0).float().cpu()
 
 
 def _distill_one(teacher: Any, data: Any, layer: str | None, method: str, student: dict[str, Any] | None,
@@ -566,7 +588,8 @@ def _distill_one(teacher: Any, data: Any, layer: str | None, method: str, studen
     else:
         model = DistilledModel(student_module, output=nn.Softmax(dim=-1) if prob.probabilities else None)
 
-    weights = _coefficient_weights(coef_targets, losses.coefficient_scaling) if coef_targets is not None else None
+    weights = (_coefficient_weights(coef_targets, losses.coefficient_scaling, model, prob.to_logits)
+               if coef_targets is not None else None)
     batch_loss, names = make_batch_loss(method, losses, has_labels=y is not None, transfer=cut.transfer,
                                         outputs_to_logits=prob.to_logits,
                                         coefficient_weights=None if weights is None else weights.to(dev))

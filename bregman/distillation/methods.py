@@ -41,7 +41,7 @@ from bregman.distillation.losses import (
 METHODS = ("bregman", "kd", "hint", "labels")
 #: what ``distill`` accepts: the methods, and ``auto`` (train several, keep the best on validation)
 METHOD_CHOICES = METHODS + ("auto",)
-COEFFICIENT_SCALINGS = ("none", "whiten")
+COEFFICIENT_SCALINGS = ("none", "whiten", "head")
 COEFFICIENT_LOSSES = ("squared", "huber")
 #: methods that use a teacher layer (the others only use the teacher's outputs, or nothing)
 LAYER_METHODS = ("bregman", "hint")
@@ -79,9 +79,12 @@ class LossSettings:
         ``bregman``: weight of kd's soft-label term ``T²·KL(p_T ‖ q_T)`` between the teacher's
         outputs and the deployed model's (the student's coefficients through the imported layer
         and the frozen head), at kd's ``temperature``.
-    coefficient_scaling : {"none", "whiten"}, default "none"
+    coefficient_scaling : {"none", "whiten", "head"}, default "none"
         ``bregman``: ``"whiten"`` weighs direction j of the coefficient loss by
-        ``mean_j E[c²] / E[c_j²]`` (every direction equally, instead of by its divergence).
+        ``mean_j E[c²] / E[c_j²]`` (every direction equally, instead of by its divergence);
+        ``"head"`` (flat layers) by how much the deployed model's logits move with c_j at the
+        teacher's coefficients, ``E‖∂ logits/∂c_j‖²`` over its mean, clamped to [0.1, 10].
+        Both measured behind ``"none"`` (README, distillation quality).
     coefficient_loss : {"squared", "huber"}, default "squared"
         ``bregman``: ½‖ĉ − c‖², or the Huber loss, which bounds the pull of large coefficient
         errors. (:class:`~bregman.distillation.settings.TrainSettings` defaults to ``"auto"``:

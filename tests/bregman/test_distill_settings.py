@@ -131,3 +131,22 @@ def test_weighted_and_robust_coefficient_losses():
     second = torch.tensor([9.0, 1.0, 0.01])
     assert torch.allclose(weights, second.mean() / second)
     assert _coefficient_weights(coef, "none") is None
+
+
+def test_head_weights_are_the_logits_sensitivity_to_each_direction():
+    """``coefficient_scaling="head"``: E‖∂ logits/∂c_j‖² over its mean, clamped to [0.1, 10].
+    With a linear head the sensitivity is the squared column norm of its weight, whatever c."""
+    from torch import nn
+
+    from bregman.distillation.methods import DistilledModel
+
+    head = nn.Linear(3, 2, bias=True)
+    with torch.no_grad():
+        head.weight.copy_(torch.tensor([[3.0, 1.0, 0.01], [0.0, 1.0, 0.0]]))
+    model = DistilledModel(nn.Linear(4, 3), None, head)
+    coef = torch.randn(50, 3)
+    weights = _coefficient_weights(coef, "head", model, lambda z: z)
+    sens = torch.tensor([9.0, 2.0, 1e-4])
+    expected = (sens / sens.mean()).clamp(0.1, 10.0)
+    assert torch.allclose(weights, expected, rtol=1e-5)
+    assert float(weights[2]) == pytest.approx(0.1)  # the floor: a direction the head barely reads
