@@ -190,6 +190,9 @@ RECIPES: dict[str, dict[str, Any]] = {
     "divergence only": {"divergence_weight": 1.0, "coefficient_weight": 0.0},
     "whiten": {"coefficient_scaling": "whiten"},
     "head": {"coefficient_scaling": "head"},
+    # the learning rate (the untuned table uses 1e-2 for every method)
+    "lr 3e-3": {"lr": 3e-3},
+    "lr 3e-2": {"lr": 3e-2},
     # the coefficient loss; the default ("auto") is huber with copies, squared without
     "squared": {"coefficient_loss": "squared"},
     "huber": {"coefficient_loss": "huber"},
