@@ -180,7 +180,8 @@ def variants(all_variants: bool = False) -> list[dict[str, Any]]:
              for name, settings in RECIPES.items()] + [
             {"name": "bregman k=16 squared", "method": "bregman", "layer": None, "k": 16,
              "settings": RECIPES["squared"]},
-        ]
+        ] + [{"name": f"{method} lr {lr}", "method": method, "layer": None, "k": None, "settings": {"lr": float(lr)}}
+             for method in ("hint", "kd", "labels") for lr in ("3e-3", "3e-2")]
     return rows
 
 
