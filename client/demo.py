@@ -35,8 +35,6 @@ STUDENT_HIDDEN = [16]
 #: labelled digits the distillation job sees: with all 1437 every method reaches the teacher
 #: (labels alone 0.950 against the teacher's 0.969), so the demo would show nothing to choose
 TRANSFER_ROWS = 120
-#: the students' learning rate (the quality benchmark's untuned setting; 3e-3 needs more steps)
-STUDENT_LR = 1e-2
 
 
 class DemoError(RuntimeError):
@@ -215,8 +213,7 @@ def run_demo(*, data_dir: Path | None = None, quick: bool = False, seed: int = 0
                 "on a validation split, keeps the best and retrains it on every row ...")
             dist = api.distill(teacher.id, dataset="digits", representation_job_id=rep.id,
                                student={"arch": "mlp", "hidden": STUDENT_HIDDEN}, methods=methods,
-                               epochs=plan.student_epochs, seed=seed, options={"lr": STUDENT_LR},
-                               **plan.budget())
+                               epochs=plan.student_epochs, seed=seed, **plan.budget())
             dist = wait_with_progress(api, dist.id, console=console)
             _require_success(dist, "distillation")
 

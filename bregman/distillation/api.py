@@ -355,7 +355,8 @@ def distill(
     **training
         Any :class:`~bregman.distillation.settings.TrainSettings` field: ``epochs``,
         ``batch_size`` (default from :func:`default_budget`: batch ``min(64, max(16, N // 4))``
-        and about 1500 steps), ``lr`` (3e-3), ``weight_decay`` (1e-4), ``optimizer``
+        and about 1500 steps), ``lr`` (1e-2 for flat inputs, 3e-2 for bregman with the Huber loss there,
+        3e-3 for images), ``weight_decay`` (1e-4), ``optimizer``
         ("adamw"), ``schedule`` ("cosine"), ``temperature`` (kd, 4.0), ``alpha`` (kd, 0.9),
         ``coefficient_weight`` (1.0), ``divergence_weight`` (0.0), ``label_weight`` (bregman with a
         coefficient map: 0.1 per value of the map, e.g. 102.4 for 16 channels of 8x8; else 0),
@@ -470,7 +471,7 @@ def _prepare(teacher: Any, data: Any, test: Any, layer: str | None, method: str,
             raise ValueError(f"test inputs have per-example shape {tuple(test_x.shape[1:])}, the transfer set "
                              f"{input_shape}: they must match")
     n_rows = int(x.shape[0])
-    settings = settings.with_copies(n_rows, flat=x.dim() == 2)
+    settings = settings.with_copies(n_rows, flat=x.dim() == 2).with_lr_for(method, flat=x.dim() == 2)
     # before the budget: it counts the copies
     x, y = augmented_copies(x, y, settings.augment, settings.augment_copies, settings.augment_noise, seed)
     x, y = image_views(x, y, settings.augment_views, settings.augment_padding, settings.augment_flip, seed)
