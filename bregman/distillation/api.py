@@ -471,7 +471,8 @@ def _prepare(teacher: Any, data: Any, test: Any, layer: str | None, method: str,
             raise ValueError(f"test inputs have per-example shape {tuple(test_x.shape[1:])}, the transfer set "
                              f"{input_shape}: they must match")
     n_rows = int(x.shape[0])
-    settings = settings.with_copies(n_rows, flat=x.dim() == 2).with_lr_for(method, flat=x.dim() == 2)
+    flat = x.dim() == 2
+    settings = settings.with_copies(n_rows, flat=flat).with_lr_for(method, flat=flat)
     # before the budget: it counts the copies
     x, y = augmented_copies(x, y, settings.augment, settings.augment_copies, settings.augment_noise, seed)
     x, y = image_views(x, y, settings.augment_views, settings.augment_padding, settings.augment_flip, seed)
