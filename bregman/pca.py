@@ -648,7 +648,11 @@ class BregmanPCA:
         V = r.V
         ev, U = torch.linalg.eigh(mom.scatter)
         E = transfer.remove_gauge(U.flip(1)[:, : k].T).T.to(V)
-        E = E - V @ torch.linalg.lstsq(V, E).solution  # drop what V already spans
+        # drop what V already spans, through V's QR: torch.linalg.lstsq (MKL's gelsy) gave
+        # answers that differ in the last bits with where its inputs lie in memory (86 variants
+        # over 1,000 placements), so the same share search ended at other fits
+        Q = torch.linalg.qr(V)[0]
+        E = E - Q @ (Q.T @ E)
         norms = E.norm(dim=0)
         E = E[:, norms.argsort(descending=True)[: k - V.shape[1]]]
         E = E / E.norm(dim=0).clamp_min(torch.finfo(E.dtype).tiny)

@@ -67,9 +67,11 @@ def test_a_validation_split_too_small_to_choose_returns_the_first_candidate_trai
     direct = distill(digits_teacher_wrapped(), (x, y), method="bregman", test=(ds.x_test, ds.y_test), seed=0,
                      **FAST)
     assert auto.method == "bregman" and auto.k == direct.k and auto.settings["n_components"] is None
-    # the same training; alone the two accuracies are equal, but in one full-suite run they
-    # differed by one of the 360 test digits (not explained yet), hence a tolerance of two
-    assert abs(auto.metrics["test_accuracy"] - direct.metrics["test_accuracy"]) <= 2 / 360 + 1e-9
+    # the same student to the last bit: the share search behind the default k is reproducible
+    # within a process (it once differed by a digit in full-suite runs: torch.linalg.lstsq in
+    # its warm start answered differently with where its inputs lay in memory)
+    assert torch.equal(auto.model(ds.x_test), direct.model(ds.x_test))
+    assert auto.metrics["test_accuracy"] == direct.metrics["test_accuracy"]
     (row,) = auto.metrics["selection"]
     assert row["chosen"] and row["validation_score"] is None and "10 rows" in row["reason"]
     assert auto.metrics["selection_validation_rows"] == 10 and "cannot tell" in auto.metrics["selection_skipped"]

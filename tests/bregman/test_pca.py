@@ -954,3 +954,50 @@ def test_explained_shares_on_many_rows_come_from_a_subsample_close_to_all_rows(m
     # 3000 of 6000 rows: a sampling error of about 1 point of share (measured 0.011 at j = 1)
     np.testing.assert_allclose(sub.explained_divergence_ratio_, full.explained_divergence_ratio_, atol=0.02)
     assert not np.array_equal(sub.explained_divergence_ratio_[:-1], full.explained_divergence_ratio_[:-1])
+
+
+def _placed(t: torch.Tensor, offset: int) -> torch.Tensor:
+    """A copy of ``t`` that starts ``offset`` elements into a fresh buffer (another address,
+    the same values)."""
+    buf = torch.zeros(t.numel() + offset, dtype=t.dtype)
+    view = buf[offset:].view(t.shape)
+    view.copy_(t)
+    return view
+
+
+def test_share_search_warm_start_does_not_depend_on_where_its_inputs_lie_in_memory():
+    """The share search's warm start (a smaller fit's directions completed by the next PCA
+    directions) is the same to the last bit wherever the smaller fit's directions are stored.
+    It projected with torch.linalg.lstsq, whose answer (MKL's gelsy) moved in the last bits
+    with the inputs' addresses: 9 distinct starts over 32 placements, so the same search in one
+    process ended at fits 1e-5 apart and auto's student differed from bregman's."""
+    from types import SimpleNamespace
+
+    from bregman._pca_solver import RowSource, moments
+
+    A = low_rank_data(n=300, d=48, rank=12, noise=0.3, seed=2)
+    transfer = get_transfer("leaky_relu")
+    mom = moments(RowSource(A), transfer)
+    small = BregmanPCA(transfer, n_components=4).fit(A)
+    mean, V = small._m, small._V
+    starts = set()
+    for offset in range(0, 64, 2):  # every 16 bytes: aligned and unaligned to cache lines
+        start = BregmanPCA._warm_start({4: SimpleNamespace(mean=mean, V=_placed(V, offset))}, 8, mom, transfer)
+        starts.add(start[1].numpy().tobytes())
+    assert len(starts) == 1
+    assert start[1].shape == (48, 8) and torch.equal(start[1][:, :4], V)
+
+
+def test_a_share_search_repeated_in_one_process_is_bitwise_identical():
+    """The same float n_components fit three times, with allocations between them moving
+    where each fit's arrays lie: the same k, directions and divergence to the last bit."""
+    A = low_rank_data(n=400, d=48, rank=20, noise=0.2, seed=4)
+    fits, ballast = [], []
+    for i in range(3):
+        fits.append(BregmanPCA("leaky_relu", n_components=0.99, random_state=0).fit(A))
+        ballast.append(torch.empty(1000 * i + 17))  # shift later allocations
+    first = fits[0]
+    for other in fits[1:]:
+        assert other.n_components_ == first.n_components_
+        assert other.divergence_ == first.divergence_
+        assert torch.equal(other.components_, first.components_) and torch.equal(other.mean_, first.mean_)
