@@ -184,7 +184,10 @@ def variants(all_variants: bool = False) -> list[dict[str, Any]]:
             {"name": "bregman k=16 squared", "method": "bregman", "layer": None, "k": 16,
              "settings": RECIPES["squared"]},
         ] + [{"name": f"{method} lr {lr}", "method": method, "layer": None, "k": None, "settings": {"lr": float(lr)}}
-             for method in ("bregman",) + BASELINES for lr in ("3e-3", "1e-2", "3e-2")]
+             for method in ("bregman",) + BASELINES for lr in ("3e-3", "1e-2", "3e-2")] + [
+            {"name": f"bregman k={k}", "method": "bregman", "layer": None, "k": k} for k in (24, 32)
+        ] + [{"name": f"{method} copies {n}", "method": method, "layer": None, "k": None,
+              "settings": {"augment_copies": n}} for method in ("bregman",) + BASELINES for n in (20, 30)]
     return rows
 
 
