@@ -41,7 +41,8 @@ Protocol (identical for every method; run ``--help`` for the options)
 - Verdict per task: the best bregman variant against the best of labels / kd / hint, averaged
   over the fractions <= 10 % and at 100 %; ``auto`` against the best single method per fraction.
 - Copies: by default every method gets the library's default (``distill``'s ``augment_copies``:
-  10 teacher-labelled copies of every row below 500 examples); ``--augment-copies N`` sets N
+  teacher-labelled copies of every row: 60 below 100 examples, 30 below 200, 10 below 500);
+  ``--augment-copies N`` sets N
   for every method alike (0: none; ``--augment shift``: the harness's one-pixel shifts plus
   noise, 8×8 image tasks only; ``noise`` / ``mixup``: the library's ``distill(augment_copies=N,
   augment=...)``).
@@ -472,7 +473,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="worker processes, one (task, fraction, method) cell each at a time (default: CPU count)")
     parser.add_argument("--augment-copies", type=int, default=None,
                         help="add this many teacher-labelled copies of the transfer rows (0: none; default: the "
-                             "library's default, 10 copies below 500 examples)")
+                             "library's default, 60 copies below 100 examples, 30 below 200, 10 below 500)")
     parser.add_argument("--augment", choices=["shift", "noise", "mixup"], default="shift",
                         help="shift: the harness's one-pixel shifts plus noise (8x8 images); noise / mixup: the "
                              "library's distill(augment_copies=..., augment=...)")

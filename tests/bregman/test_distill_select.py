@@ -17,7 +17,9 @@ def _single_thread():
         yield
 
 
-FAST = {"epochs": 40, "batch_size": 16, "measure_latency": False, "lr": 1e-2}
+#: 10 copies, not the default 60 of so few rows: these tests count epochs, and 61 x 80 rows
+#: would make each candidate 12,000 steps; the copies are not what they are about
+FAST = {"epochs": 40, "batch_size": 16, "measure_latency": False, "lr": 1e-2, "augment_copies": 10}
 #: a short list (one bregman k, hint, kd, labels) keeps these tests to seconds
 CANDIDATES = [{"method": "bregman", "n_components": 8}, {"method": "hint"}, {"method": "kd"}, {"method": "labels"}]
 
@@ -109,12 +111,10 @@ def test_the_table_equal_budgets_and_the_winner_retrained_on_every_row():
     assert result.metrics["selection_validation_rows"] == 20 and result.metrics["selection_training_rows"] == 60
     assert all(0.0 <= row["test_accuracy"] <= 1.0 for row in table)
     # equal budgets: every candidate ran the same number of optimizer steps on the 60 training
-    # rows and their default copies (batch 16, 40 epochs)
-    from bregman.distillation.settings import DEFAULT_COPIES
-
+    # rows and their 10 copies (batch 16, 40 epochs)
     candidate_steps = {p: s for p, s in steps.items() if not p.startswith("final ")}
     assert len(candidate_steps) == 4 and len(set(candidate_steps.values())) == 1
-    per_epoch = -(-60 * (DEFAULT_COPIES + 1) // 16)
+    per_epoch = -(-60 * (FAST["augment_copies"] + 1) // 16)
     assert set(candidate_steps.values()) == {int(result.metrics["selection_steps"])} == {40 * per_epoch}
     # the returned student is distill(method=<winner>) on every row, nothing else
     again = distill(digits_teacher_wrapped(), (x, y), method=result.method, n_components=chosen[0]["n_components"],

@@ -37,7 +37,7 @@ def test_auto_coefficient_loss_is_huber_with_copies_and_squared_without():
 
     auto = TrainSettings()
     assert auto.coefficient_loss == "auto" and LossSettings().coefficient_loss == "squared"
-    assert auto.with_copies(100).loss_settings().coefficient_loss == "huber"  # default copies below 500
+    assert auto.with_copies(100).loss_settings().coefficient_loss == "huber"  # default copies below 500 examples
     assert auto.with_copies(600).loss_settings().coefficient_loss == "squared"
     assert TrainSettings(augment_copies=3).loss_settings().coefficient_loss == "huber"
     assert TrainSettings(augment_copies=0).with_copies(100).loss_settings().coefficient_loss == "squared"
