@@ -23,10 +23,11 @@ AUGMENTS = ("noise", "mixup")
 #: session 13): 30 copies against 10 lifted every teacher-driven student on 12-180 examples —
 #: bregman +1.9 / +1.0 (digits 1 / 2 %), +7.6 / +2.5 / +0.4 (classif20 1 / 2 / 5 %), +11.8 /
 #: +16.9 / +4.8 (digits-hard 1 / 2 / 5 %), hint +2.6 / +1.4, +6.6 / +3.0 / +1.0, +6.8 / +6.4 /
-#: +1.5 — and digits-hard on 115 examples +3.1; on 360 (classif20 10 %) nothing (bregman −0.01,
-#: hint −0.19) for twice the fit's time, so 10 copies from 200 examples on. 60 against 30 on
-#: 12-72 examples: bregman +0.95, hint +1.35 on average over eight cells (digits-hard 1 / 2 %
-#: bregman +4.7 / +3.4); on 58 (digits-hard 5 %) bregman −0.95 (std 2.4), hint +2.1.
+#: +1.5 — and on 115 (digits-hard 10 %) bregman +1.3, hint +0.5; on 360 (classif20 10 %) about
+#: nothing (bregman +0.16, hint −0.08) for twice the fit's time, so 10 copies from 200 examples
+#: on (every comparison paired, seeds 0-4). 60 against 30 on 12-72 examples (eight cells):
+#: bregman +0.95, hint +1.35 on average (digits-hard 1 / 2 / 5 %: bregman +4.7 / +3.4 / −0.95,
+#: the last within its std of 2.4; hint +2.6 / +4.6 / +2.1).
 DEFAULT_COPIES_BY_SIZE = ((100, 60), (200, 30), (500, 10))
 DEFAULT_COPIES_BELOW = DEFAULT_COPIES_BY_SIZE[-1][0]
 
