@@ -171,8 +171,8 @@ class DistillOptions(BaseModel):
     huber_delta: float | None = Field(None, gt=0, le=1e6, description=(
         "The Huber loss's threshold, in coefficient units (default 1)."))
     augment_copies: int | None = Field(None, ge=0, le=100, description=(
-        "Copies of every transfer row, labelled by the teacher (default: 60 below 100 flat examples, 30 below 200, 10 below 500, "
-        "else none; 0 turns them off)."))
+        "Copies of every transfer row, labelled by the teacher (default: 60 below 100 flat examples, "
+        "30 below 200, 10 below 500, else none; 0 turns them off)."))
     augment_noise: float | None = Field(None, ge=0, le=10, description=(
         "The copies' noise, in units of the inputs' standard deviation (default 0.3)."))
     augment_views: int | None = Field(None, ge=0, le=50, description=(

@@ -35,6 +35,8 @@ DEFAULT_COPIES_BELOW = DEFAULT_COPIES_BY_SIZE[-1][0]
 def default_copies(n: int) -> int:
     """The default number of copies of every row of a flat transfer set of ``n`` examples."""
     return next((copies for below, copies in DEFAULT_COPIES_BY_SIZE if n < below), 0)
+
+
 #: ``label_weight=None`` (the default) for a bregman student that predicts a coefficient map
 #: (the channels layout): this much per coefficient value of an example (k × H × W of them), so
 #: the label term keeps its share of a loss that sums over the whole map; 0 otherwise. Measured
