@@ -38,6 +38,7 @@ from bregman._pca_solver import (
     hessian_at,
     initial_coefficients,
     moments,
+    off_span,
     solve_coefficients,
     threads_for,
     top_eigenvectors,
@@ -648,11 +649,10 @@ class BregmanPCA:
         V = r.V
         ev, U = torch.linalg.eigh(mom.scatter)
         E = transfer.remove_gauge(U.flip(1)[:, : k].T).T.to(V)
-        # drop what V already spans, through V's QR: torch.linalg.lstsq (MKL's gelsy) gave
-        # answers that differ in the last bits with where its inputs lie in memory (86 variants
-        # over 1,000 placements), so the same share search ended at other fits
-        Q = torch.linalg.qr(V)[0]
-        E = E - Q @ (Q.T @ E)
+        # drop what V already spans, through V's QR (off_span): torch.linalg.lstsq (MKL's gelsy)
+        # gave answers that differ in the last bits with where its inputs lie in memory (86
+        # variants over 1,000 placements), so the same share search ended at other fits
+        E = off_span(V)(E)
         norms = E.norm(dim=0)
         E = E[:, norms.argsort(descending=True)[: k - V.shape[1]]]
         E = E / E.norm(dim=0).clamp_min(torch.finfo(E.dtype).tiny)
