@@ -188,7 +188,10 @@ def variants(all_variants: bool = False) -> list[dict[str, Any]]:
              for method in ("bregman",) + BASELINES for lr in ("3e-3", "1e-2", "3e-2")] + [
             {"name": f"bregman k={k}", "method": "bregman", "layer": None, "k": k} for k in (24, 32)
         ] + [{"name": f"{method} copies {n}", "method": method, "layer": None, "k": None,
-              "settings": {"augment_copies": n}} for method in ("bregman",) + BASELINES for n in (20, 30)]
+              "settings": {"augment_copies": n}} for method in ("bregman",) + BASELINES for n in (20, 30)] + [
+            # the default k's cap max(floor, n / 4) with another floor (the library's: DEFAULT_K_FLOOR)
+            {"name": f"{method} k floor {floor}", "method": method, "layer": None, "k": None,
+             "settings": {"k_floor": floor}} for method in ("bregman", "auto") for floor in (24, 32)]
     return rows
 
 
@@ -280,6 +283,7 @@ def run_one(task_name, rows, variant, config, seed, eval_x, eval_y) -> dict[str,
     extra = dict(variant.get("settings") or {})
     student = extra.pop("student", STUDENT)
     factor = extra.pop("epochs_factor", None)
+    k_floor = extra.pop("k_floor", None)
     kwargs: dict[str, Any] = {knob: value, **({"lr": config["lr"]} if config["lr"] is not None else {}), **extra}
     copies, kind = w.get("augment_copies"), w.get("augment", "shift")
     x, y = task.x_train[rows], task.y_train[rows]
@@ -299,9 +303,17 @@ def run_one(task_name, rows, variant, config, seed, eval_x, eval_y) -> dict[str,
         n = x.shape[0] * (resolved.augment_copies + 1)
         batch, epochs = default_budget(n)
         kwargs.update(batch_size=batch, epochs=int(round(epochs * factor)))
-    result = distill(teacher, (x, y), layer=variant["layer"], method=variant["method"], student=student,
-                     n_components=variant["k"], seed=seed, test=(eval_x, eval_y), cache=cache,
-                     measure_latency=False, **kwargs)
+    from bregman.distillation import api
+
+    floor = api.DEFAULT_K_FLOOR
+    if k_floor is not None:  # the cache keys fits by their cap, so another floor refits
+        api.DEFAULT_K_FLOOR = int(k_floor)
+    try:
+        result = distill(teacher, (x, y), layer=variant["layer"], method=variant["method"], student=student,
+                         n_components=variant["k"], seed=seed, test=(eval_x, eval_y), cache=cache,
+                         measure_latency=False, **kwargs)
+    finally:
+        api.DEFAULT_K_FLOOR = floor
     m = result.metrics
     out = {"accuracy": m["test_accuracy"], "agreement": m["test_agreement"], "k": result.k,
            "student_parameters": m["student_parameters"], "parameters": m["parameters"],

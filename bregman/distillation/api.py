@@ -364,8 +364,9 @@ def distill(
         ("auto": Huber with teacher-labelled copies or views or a coefficient map, else squared;
         or "huber", "squared"),
         ``huber_delta`` (1.0),
-        ``augment_copies`` (teacher-labelled copies of each row; default 10 for fewer than
-        500 flat examples, else 0; the default budget counts them), ``augment_noise`` (0.3), ``augment`` ("noise" or "mixup"),
+        ``augment_copies`` (teacher-labelled copies of each row of a flat transfer set; default
+        from :func:`~bregman.distillation.settings.default_copies`: 60 below 100 examples, 30
+        below 200, 10 below 500, else 0; the default budget counts them), ``augment_noise`` (0.3), ``augment`` ("noise" or "mixup"),
         ``augment_views`` / ``augment_padding`` / ``augment_flip`` (image views, 0 / 4 / True),
         ``layout`` ("auto", "flat" or "channels" for a conv map) and ``fit_rows`` (channels:
         rows sampled for the fit).
